@@ -1,0 +1,163 @@
+"""Serialising the inference function (uint8 image batch -> descriptor) with `jax.export`.
+
+    python -m fmn_jax.export --workdir=DIR --out=fmn.jaxexp
+
+writes one file: the StableHLO of the whole inference path (resize check, normalisation, GRN, MN,
+LAN, flip averaging as in evaluation, Eq. 6 descriptor) with the trained weights folded in as
+constants, behind a small JSON header (input size, normalisation, descriptor size, jax version).
+It is not a pickle. Reading it back needs only jax and numpy:
+
+    from fmn_jax.export import load_exported      # imports jax + numpy only, not the model code
+    fn = load_exported('fmn.jaxexp')
+    out = fn(images_uint8)                         # [N, H, W, 3] RGB uint8 at fn.header['input_size']
+    out['descriptor'], out['g'], out['l']          # numpy float32
+
+or without this package at all (the file layout is documented in `write_exported`):
+
+    import json, struct, numpy as np, jax
+    raw = open('fmn.jaxexp', 'rb').read()
+    n = struct.unpack('<I', raw[8:12])[0]
+    header = json.loads(raw[12:12 + n])
+    exp = jax.export.deserialize(bytearray(raw[12 + n:]))
+    desc = exp.call(images_uint8)['descriptor']
+
+The batch dimension is symbolic (any batch size, one compilation per size), and the file holds
+code for CPU and CUDA by default (`--platforms`), so an export made on a CPU runs on a GPU.
+"""
+
+import json
+import os
+import struct
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MAGIC = b'FMNJAXEX'
+FORMAT_VERSION = 1
+DEFAULT_PLATFORMS = ('cpu', 'cuda')
+
+
+def export_function(fn: Callable[[jnp.ndarray], Any], input_size: Tuple[int, int], *,
+                    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+                    batch_size: Optional[int] = None) -> 'jax.export.Exported':
+  """Exports ``fn(images uint8 [B, H, W, 3]) -> pytree`` with ``jax.export``.
+
+  Args:
+    fn: a jittable function of one uint8 image batch.
+    input_size: (H, W) of the images it takes.
+    platforms: lowering platforms stored in the file ('cpu', 'cuda', 'rocm', 'tpu').
+    batch_size: None for a symbolic batch dimension (any batch size), else a fixed batch (the
+      loader then pads and splits).
+  """
+  h, w = int(input_size[0]), int(input_size[1])
+  if batch_size is None:
+    (b,) = jax.export.symbolic_shape('b')
+  else:
+    b = int(batch_size)
+  spec = jax.ShapeDtypeStruct((b, h, w, 3), jnp.uint8)
+  return jax.export.export(jax.jit(fn), platforms=tuple(platforms))(spec)
+
+
+def write_exported(path: str, exported: 'jax.export.Exported', header: Dict[str, Any]) -> str:
+  """Writes ``MAGIC (8 bytes) | uint32 little-endian header length | JSON header | payload``.
+
+  The payload is ``exported.serialize()`` (jax's flatbuffer format for `jax.export.Exported`).
+  """
+  header = dict(header)
+  header.setdefault('format', 'fmn_jax.export')
+  header.setdefault('format_version', FORMAT_VERSION)
+  header.setdefault('jax_version', jax.__version__)
+  header.setdefault('platforms', list(exported.platforms))
+  header_bytes = json.dumps(header, indent=1, sort_keys=True).encode('utf-8')
+  payload = exported.serialize()
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = f'{path}.tmp'
+  with open(tmp, 'wb') as f:
+    f.write(MAGIC)
+    f.write(struct.pack('<I', len(header_bytes)))
+    f.write(header_bytes)
+    f.write(payload)
+  os.replace(tmp, path)
+  return path
+
+
+def read_exported(path: str) -> Tuple[Dict[str, Any], 'jax.export.Exported']:
+  """Reads a file written by `write_exported`: ``(header, Exported)``."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'exported model not found: {path!r}')
+  with open(path, 'rb') as f:
+    raw = f.read()
+  if raw[:8] != MAGIC:
+    raise ValueError(f'{path!r} is not an fmn_jax exported model (magic {raw[:8]!r}, '
+                     f'expected {MAGIC!r})')
+  if len(raw) < 12:
+    raise ValueError(f'{path!r}: truncated header')
+  (n,) = struct.unpack('<I', raw[8:12])
+  try:
+    header = json.loads(raw[12:12 + n].decode('utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{path!r}: damaged JSON header ({e})') from None
+  if header.get('format_version', 0) > FORMAT_VERSION:
+    raise ValueError(f'{path!r}: format_version {header["format_version"]} is newer than this '
+                     f'reader ({FORMAT_VERSION})')
+  try:
+    exported = jax.export.deserialize(bytearray(raw[12 + n:]))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{path!r}: cannot deserialize the exported function '
+                     f'({type(e).__name__}: {e}); written with jax {header.get("jax_version")}, '
+                     f'reading with jax {jax.__version__}') from None
+  return header, exported
+
+
+class ExportedModel:
+  """A loaded export: call it on uint8 RGB images [N, H, W, 3] -> dict of numpy arrays.
+
+  Attributes:
+    header: the JSON header (input_size, normalization, descriptor_dim, outputs, ...).
+    exported: the `jax.export.Exported` object.
+  """
+
+  def __init__(self, header: Dict[str, Any], exported: 'jax.export.Exported', path: str = ''):
+    self.header = header
+    self.exported = exported
+    self.path = path
+    self.input_size = tuple(header['input_size'])
+    self.batch_size = header.get('batch_size')  # None: symbolic batch
+    self._call = jax.jit(exported.call)
+
+  def __call__(self, images: np.ndarray, batch_size: int = 256) -> Dict[str, np.ndarray]:
+    """Runs the exported function on ``images`` (uint8 [N, H, W, 3] at ``input_size``)."""
+    images = np.asarray(images)
+    h, w = self.input_size
+    if images.ndim != 4 or images.shape[1:] != (h, w, 3):
+      raise ValueError(f'{self.path or "exported model"}: expected uint8 images [N, {h}, {w}, 3] '
+                       f'(resize with fmn_jax.images.resize or PIL), got shape {images.shape}')
+    if images.dtype != np.uint8:
+      raise ValueError(f'{self.path or "exported model"}: expected uint8 images, got '
+                       f'{images.dtype}')
+    n = images.shape[0]
+    if n == 0:
+      raise ValueError(f'{self.path or "exported model"}: no images (batch of size 0)')
+    step = int(self.batch_size or batch_size)
+    outs = []
+    for start in range(0, n, step):
+      chunk = images[start:start + step]
+      k = chunk.shape[0]
+      if self.batch_size and k < step:  # Fixed-batch export: pad the last chunk.
+        chunk = np.concatenate([chunk, np.zeros((step - k,) + chunk.shape[1:], np.uint8)])
+      out = jax.tree_util.tree_map(lambda a, k=k: np.asarray(a)[:k], self._call(chunk))
+      outs.append(out)
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *outs)
+
+  def descriptors(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Just the Eq. 6 descriptors [N, descriptor_dim]."""
+    return self(images, batch_size)['descriptor']
+
+
+def load_exported(path: str) -> ExportedModel:
+  """Loads a file written by ``python -m fmn_jax.export`` (needs only jax and numpy)."""
+  header, exported = read_exported(path)
+  return ExportedModel(header, exported, path)
