@@ -273,6 +273,9 @@ def _load_cuhk03(name: str, root: str, skip_unreadable: bool, notes: list) -> Re
   from fmn_jax.data import cuhk03_mat  # pylint: disable=g-import-not-at-top
   mat_dir = cuhk03_mat.find_mat_dir(root)
   if mat_dir is not None:
+    config = os.path.join(mat_dir, cuhk03_mat.config_name(kind))
+    if not os.path.isfile(config):
+      raise FileNotFoundError(f'CUHK03 new-protocol split file not found: {config}')
     image_dir = cuhk03_mat.extract_images(mat_dir, kind)
     train, query, gallery = cuhk03_mat.new_protocol_items(mat_dir, kind, image_dir)
     where = {k: os.path.join(mat_dir, f'cuhk03_new_protocol_config_{kind}.mat')
