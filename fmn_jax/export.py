@@ -26,6 +26,7 @@ code for CPU and CUDA by default (`--platforms`), so an export made on a CPU run
 """
 
 import json
+import logging
 import os
 import struct
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -161,3 +162,117 @@ def load_exported(path: str) -> ExportedModel:
   """Loads a file written by ``python -m fmn_jax.export`` (needs only jax and numpy)."""
   header, exported = read_exported(path)
   return ExportedModel(header, exported, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exporting a trained run (needs the model code; the loader above does not).
+
+
+def inference_function(model, variables, config) -> Callable[[jnp.ndarray], Dict[str, Any]]:
+  """``images uint8 [B, H, W, 3] -> {'descriptor', 'g', 'l'}`` with ``variables`` as constants.
+
+  The body is the evaluation forward of ``features.make_feature_fn`` (``preprocess_eval`` resize
+  and normalisation, FMN forward, flip averaging per ``config.eval.flip``, Eq. 6 descriptor), so
+  the exported descriptors are those of evaluation and ``fmn_jax.extract``.
+  """
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax import features
+  from fmn_jax import parallel
+  jitted = features.make_feature_fn(model, config, parallel.create_mesh())
+  forward = getattr(jitted, '__wrapped__', None)
+  if forward is None:
+    raise RuntimeError('features.make_feature_fn did not return a jax.jit-wrapped function')
+  variables = jax.tree_util.tree_map(jnp.asarray, variables)
+
+  def fn(images):
+    g, l, desc = forward(variables, images)
+    return {'descriptor': desc, 'g': g, 'l': l}
+
+  return fn
+
+
+def export_model(model, variables, config, *, input_size: Optional[Tuple[int, int]] = None,
+                 platforms: Sequence[str] = DEFAULT_PLATFORMS,
+                 batch_size: Optional[int] = None) -> Tuple['jax.export.Exported', Dict[str, Any]]:
+  """Exports a trained FMN's inference function; returns ``(Exported, header)``.
+
+  Args:
+    model, variables, config: from ``train.restore_model(workdir)``.
+    input_size: (H, W) of the uint8 images the function takes (default
+      ``config.input.image_size``; another size is resized inside, bilinearly, as in evaluation).
+    platforms: lowering platforms.
+    batch_size: None for a symbolic batch dimension; if exporting with a symbolic batch fails,
+      a fixed batch of ``config.eval.batch_size`` is used (the loader pads).
+  """
+  size = tuple(int(s) for s in (input_size or config.input.image_size))
+  fn = inference_function(model, variables, config)
+  try:
+    exported = export_function(fn, size, platforms=platforms, batch_size=batch_size)
+  except Exception as e:  # pylint: disable=broad-except
+    if batch_size is not None:
+      raise
+    batch_size = int(config.eval.batch_size)
+    logging.warning('symbolic batch export failed (%s: %s); exporting a fixed batch of %d',
+                    type(e).__name__, e, batch_size)
+    exported = export_function(fn, size, platforms=platforms, batch_size=batch_size)
+  out = exported.out_avals
+  names = sorted(['descriptor', 'g', 'l'])  # Dict outputs are flattened in sorted key order.
+  dims = {k: int(a.shape[-1]) for k, a in zip(names, out)}
+  header = {
+      'input_size': list(size),
+      'input': 'uint8 RGB images [N, H, W, 3]',
+      'model_image_size': [int(s) for s in config.input.image_size],
+      'normalization': str(config.input.normalization),
+      'flip': bool(config.eval.flip),
+      'alpha': float(config.model.alpha),
+      'outputs': names,
+      'descriptor_dim': dims['descriptor'],
+      'g_dim': dims['g'],
+      'l_dim': dims['l'],
+      'batch_size': batch_size,
+      'model': {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in config.model.to_dict().items()},
+  }
+  return exported, header
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from fmn_jax import extract  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise ValueError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  model, variables, config = extract.restore(f.workdir)
+  size = None
+  if f.input_size:
+    try:
+      size = tuple(int(s) for s in f.input_size.split(','))
+      assert len(size) == 2 and min(size) > 0
+    except (ValueError, AssertionError):
+      raise ValueError(f'--input_size must be H,W (positive integers), got {f.input_size!r}'
+                       ) from None
+  platforms = tuple(p.strip() for p in f.platforms.split(',') if p.strip())
+  exported, header = export_model(model, variables, config, input_size=size,
+                                  platforms=platforms, batch_size=f.batch_size or None)
+  header['workdir'] = os.path.abspath(f.workdir)
+  write_exported(f.out, exported, header)
+  print(f'wrote {f.out} ({os.path.getsize(f.out) / 2**20:.1f} MiB): uint8 '
+        f'[N, {header["input_size"][0]}, {header["input_size"][1]}, 3] -> descriptor '
+        f'[N, {header["descriptor_dim"]}], platforms {",".join(platforms)}, '
+        f'batch {"any" if header["batch_size"] is None else header["batch_size"]}')
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('workdir', None, 'Trained workdir.', required=True)
+  flags.DEFINE_string('out', 'fmn.jaxexp', 'Output file.')
+  flags.DEFINE_string('input_size', '', 'H,W of the input images (default: the model input '
+                      'size config.input.image_size).')
+  flags.DEFINE_string('platforms', ','.join(DEFAULT_PLATFORMS),
+                      'Comma-separated lowering platforms (cpu, cuda, rocm, tpu).')
+  flags.DEFINE_integer('batch_size', 0, 'Fixed batch size (0: any batch size).')
+
+
+if __name__ == '__main__':
+  from fmn_jax import extract as _extract  # pylint: disable=g-import-not-at-top
+  _extract.run_cli(main, _define_flags)
