@@ -149,6 +149,11 @@ def test_pk_sampler():
     ip.PKSampler(labels, batch_size=30, num_instances=4, seed=0)
   with pytest.raises(ValueError, match='identities'):
     ip.PKSampler(np.zeros(10, int), batch_size=8, num_instances=4, seed=0)
+  assert isinstance(ip.make_sampler('pk', labels, 32, 1, num_instances=4), ip.PKSampler)
+  epoch = ip.make_sampler('epoch', labels, 32, 1)
+  assert isinstance(epoch, ip.EpochSampler) and epoch.num_examples == labels.size
+  with pytest.raises(ValueError, match='unknown sampler'):
+    ip.make_sampler('triplet', labels, 32, 1)
 
 
 def test_eval_batches():

@@ -16,6 +16,7 @@ from fmn_jax.data.input_pipeline import DeviceDataset
 from fmn_jax.data.input_pipeline import EpochSampler
 from fmn_jax.data.input_pipeline import eval_batches
 from fmn_jax.data.input_pipeline import HostDataset
+from fmn_jax.data.input_pipeline import make_sampler
 from fmn_jax.data.input_pipeline import make_train_dataset
 from fmn_jax.data.input_pipeline import normalize
 from fmn_jax.data.input_pipeline import PKSampler
@@ -25,5 +26,5 @@ from fmn_jax.data.loading import load_decoded
 __all__ = [
     'DATASET_NAMES', 'DeviceDataset', 'EpochSampler', 'HostDataset', 'PKSampler', 'ReidDataset',
     'Split', 'UnreadableImageError', 'augment', 'decode_split', 'eval_batches', 'load_dataset',
-    'load_decoded', 'make_train_dataset', 'normalize', 'preprocess_eval',
+    'load_decoded', 'make_sampler', 'make_train_dataset', 'normalize', 'preprocess_eval',
 ]

@@ -284,6 +284,15 @@ class PKSampler:
     return self._epoch(epoch)[i].copy()
 
 
+def make_sampler(kind: str, labels, batch_size: int, seed: int, num_instances: int = 4):
+  """`config.input.sampler` -> sampler: 'epoch' (shuffled epochs, the paper) or 'pk'."""
+  if kind in ('epoch', 'shuffle', 'random'):
+    return EpochSampler(len(labels), batch_size, seed)
+  if kind in ('pk', 'identity'):
+    return PKSampler(labels, batch_size, num_instances, seed)
+  raise ValueError(f"unknown sampler {kind!r}; expected 'epoch' or 'pk'")
+
+
 def eval_batches(num_examples: int, batch_size: int) -> Iterator[Tuple[np.ndarray, int]]:
   """Yields (indices [batch_size], num_valid) covering 0..N-1 in order.
 
@@ -486,6 +495,7 @@ def eval_arrays(images, batch_size: int, *, image_size, normalization,
 
 __all__ = [
     'NORMALIZATIONS', 'DeviceDataset', 'EpochSampler', 'HostDataset', 'PKSampler', 'augment',
-    'device_memory_budget', 'eval_arrays', 'eval_batches', 'make_train_dataset', 'normalize',
+    'device_memory_budget', 'eval_arrays', 'eval_batches', 'make_sampler', 'make_train_dataset',
+    'normalize',
     'preprocess_eval',
 ]
