@@ -269,7 +269,8 @@ def _restore(workdir: str):
   return extract.restore(workdir)
 
 
-def evaluation_ranking(workdir: str, method: str = 'FMN', *, restored=None) -> Dict[str, Any]:
+def evaluation_ranking(workdir: str, method: str = 'FMN', *, restored=None,
+                       progress: Optional[bool] = None) -> Dict[str, Any]:
   """Distances and per-query AP of a trained run on its own query/gallery splits.
 
   Features are those of evaluation (``features.compute_descriptors``, flip-averaging per config);
@@ -292,7 +293,7 @@ def evaluation_ranking(workdir: str, method: str = 'FMN', *, restored=None) -> D
   g_imgs = train.decode(config, dataset.gallery)
   # One pass over query + gallery (one compilation).
   out = features.compute_descriptors(model, variables, np.concatenate([q_imgs, g_imgs]), config,
-                                     desc='features')
+                                     progress=progress, desc='features')
   nq = q_imgs.shape[0]
   if method == 'FMN+rerank':
     from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
