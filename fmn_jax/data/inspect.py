@@ -182,7 +182,9 @@ def main(argv=None) -> int:
     p.add_argument('--name', default='market1501')
     p.add_argument('--root', required=True)
     p.add_argument('--size', type=_size, default=(128, 64), help='storage size H,W')
-    p.add_argument('--cache_dir', default=None)
+    p.add_argument('--cache_dir', default=None,
+                   help='decoded-cache folder (times: default a fresh temporary folder, so the '
+                   'first pass is cold; a given folder is kept and may already be warm)')
     p.add_argument('--skip_unreadable', action='store_true')
   p = sub.add_parser('bench')
   p.add_argument('--image_size', type=_size, default=(224, 224))
