@@ -17,8 +17,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # Building TFDS datasets needs TensorFlow; reading built ones does not.
-    "tfds": ["tensorflow-datasets>=4.9.4", "tensorflow-cpu>=2.16"],
+    # TFDS builders for the re-id datasets; building and reading both work without TensorFlow.
+    "tfds": ["tensorflow-datasets>=4.9.10"],
     # Readers for other weight formats (Keras .h5, torchvision .pth/.safetensors).
     "weights": ["h5py>=3.8", "safetensors>=0.4"],
     "test": [
