@@ -500,7 +500,8 @@ def _read_npz(path: str) -> Tuple[Variables, Dict[str, str]]:
   tensors = {k: v for k, v in arrays.items() if not k.startswith('meta/')}
   stem = tensors.get('params/stem/conv1/kernel')
   if stem is None or stem.ndim != 4:
-    raise ValueError(f'{path}: missing params/stem/conv1/kernel (keys: {_fmt_list(sorted(tensors), 6)})')
+    raise ValueError(f'{path}: missing params/stem/conv1/kernel '
+                     f'(keys: {_fmt_list(sorted(tensors), 6)})')
   head, head_bias = tensors.get('params/fc/kernel'), tensors.get('params/fc/bias')
   num_classes = None
   if head is not None and head.ndim == 2:
@@ -638,6 +639,9 @@ def convert(input_path: str, output_path: str, float16: bool = False,
   try:
     with os.fdopen(fd, 'wb') as f:
       np.savez(f, **arrays)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode.
     os.replace(tmp, output_path)
   except BaseException:
     if os.path.exists(tmp):

@@ -178,7 +178,8 @@ def to_keras_v2(tensors):
       out[f'{c2}/{v}'] = tensors[f'{c1}/{v}']
     for v in ('gamma', 'beta', 'moving_mean', 'moving_variance'):
       out[f'{b2}/{v}'] = tensors[f'{b1}/{v}']
-  out['predictions/kernel'], out['predictions/bias'] = tensors['fc1000/kernel'], tensors['fc1000/bias']
+  out['predictions/kernel'] = tensors['fc1000/kernel']
+  out['predictions/bias'] = tensors['fc1000/bias']
   return out
 
 
