@@ -129,6 +129,8 @@ def list_images(source: Union[str, Sequence[str]]) -> Tuple[List[str], List[str]
     FileNotFoundError: naming a path that does not exist.
     ValueError: when nothing resolves to an image.
   """
+  if isinstance(source, os.PathLike):
+    source = os.fspath(source)
   if isinstance(source, str):
     items = [s for s in source.split(',') if s.strip()] if (
         ',' in source and not os.path.exists(source)) else [source]

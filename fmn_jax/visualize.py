@@ -441,8 +441,9 @@ def attention(workdir: str, images=None, *, num: int = 8, out: Optional[str] = N
     paths = [dataset.query.paths[i] for i in pick]
     names = [os.path.basename(p) for p in paths]
     batch, _, _ = images_lib.load_images(paths, size)
-  elif isinstance(images, (str, list, tuple)) and all(
-      isinstance(p, str) for p in ([images] if isinstance(images, str) else images)):
+  elif isinstance(images, (str, os.PathLike, list, tuple)) and all(
+      isinstance(p, (str, os.PathLike))
+      for p in ([images] if isinstance(images, (str, os.PathLike)) else images)):
     paths, names = images_lib.list_images(images)
     paths, names = paths[:num], names[:num]
     batch, kept, _ = images_lib.load_images(paths, size, skip_unreadable=skip_unreadable)
