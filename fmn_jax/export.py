@@ -40,6 +40,14 @@ FORMAT_VERSION = 1
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 
 
+def _require_flatbuffers() -> None:
+  """jax serialises `Exported` objects with the `flatbuffers` package (not a jax dependency)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('flatbuffers') is None:
+    raise ImportError('reading or writing exported models needs the flatbuffers package, which '
+                      "jax.export uses for serialisation: pip install 'flatbuffers>=24.3.25'")
+
+
 def export_function(fn: Callable[[jnp.ndarray], Any], input_size: Tuple[int, int], *,
                     platforms: Sequence[str] = DEFAULT_PLATFORMS,
                     batch_size: Optional[int] = None) -> 'jax.export.Exported':
@@ -72,6 +80,7 @@ def write_exported(path: str, exported: 'jax.export.Exported', header: Dict[str,
   header.setdefault('jax_version', jax.__version__)
   header.setdefault('platforms', list(exported.platforms))
   header_bytes = json.dumps(header, indent=1, sort_keys=True).encode('utf-8')
+  _require_flatbuffers()
   payload = exported.serialize()
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
@@ -104,6 +113,7 @@ def read_exported(path: str) -> Tuple[Dict[str, Any], 'jax.export.Exported']:
   if header.get('format_version', 0) > FORMAT_VERSION:
     raise ValueError(f'{path!r}: format_version {header["format_version"]} is newer than this '
                      f'reader ({FORMAT_VERSION})')
+  _require_flatbuffers()
   try:
     exported = jax.export.deserialize(bytearray(raw[12 + n:]))
   except Exception as e:  # pylint: disable=broad-except
