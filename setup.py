@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     "absl-py>=1.4",
     "tqdm>=4.60",
     "matplotlib>=3.7",
+    # jax.export serialisation (fmn_jax.export) needs it; jax does not install it.
+    "flatbuffers>=24.3.25",
 ]
 
 EXTRAS_REQUIRE = {
