@@ -227,7 +227,9 @@ def test_matches_brute_force(quantise):
   want = _brute_force(distmat, *ids, max_rank=ng + 10)
   for r in (metrics._evaluate(distmat, *ids, max_rank=ng + 10, block_rows=5, num_threads=2),
             metrics._evaluate(distmat.astype(np.float32), *ids, max_rank=ng + 10,
-                              num_threads=1)):
+                              num_threads=1, short_limit=0),        # every row sorted whole
+            metrics._evaluate(distmat, *ids, max_rank=ng + 10, short_limit=120),  # mixed
+            metrics._evaluate(distmat, *ids, max_rank=ng + 10, short_limit=ng)):
     assert r['num_valid'] == want['num_valid'] > 25
     np.testing.assert_allclose(r['cmc'], want['cmc'], rtol=0, atol=1e-15)
     for ap in ('standard', 'trapezoid'):
