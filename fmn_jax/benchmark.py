@@ -1,0 +1,284 @@
+"""Benchmarks: seconds and peak memory of the project's heavy steps on this machine.
+
+    python -m fmn_jax.benchmark --what=eval
+        [--parts=distances,evaluation,rerank,rerank_features,pipeline]
+        [--num_query=3368 --num_gallery=19732 --dim=2048] [--repeats=2] [--out=FILE.json]
+
+`--what=eval` times, at Market-1501 scale on clustered random features: the Euclidean distances
+(`metrics.pairwise_distances`, and the re-ranking inputs), the evaluation (`evaluate_ranking`
+with both AP types, `ranking_summary`) and k-reciprocal re-ranking (`k_reciprocal_rerank` on
+precomputed distance matrices, and `rerank_features` end to end), and the whole evaluation of
+a model as `fmn_jax.evaluate` runs it ('pipeline': distances, evaluation, re-ranking and its
+evaluation). Every part runs in a process
+of its own, so the peak resident memory reported (ru_maxrss) is that part's, inputs and JAX
+runtime included; on a GPU the device's peak bytes in use are reported too. The first call of
+each step includes its jit compilation; later repeats do not.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+from absl import app
+from absl import flags
+import numpy as np
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum('what', 'eval', ['eval'], 'Which benchmark to run.')
+flags.DEFINE_list('parts', ['distances', 'evaluation', 'rerank', 'rerank_features', 'pipeline'],
+                  'Parts of --what=eval to run (each in its own process).')
+flags.DEFINE_integer('num_query', 3368, 'Queries (Market-1501: 3,368).')
+flags.DEFINE_integer('num_gallery', 19732, 'Gallery items (Market-1501: 19,732).')
+flags.DEFINE_integer('dim', 2048, 'Feature dimension.')
+flags.DEFINE_integer('seed', 0, 'Seed of the random features.')
+flags.DEFINE_integer('repeats', 2, 'Calls per timed step (the first includes compilation).')
+flags.DEFINE_string('out', None, 'Also write the results as JSON to this file.')
+flags.DEFINE_string('child', None, 'Internal: run this one part in this process, print JSON.')
+
+GIB = 2.0**30
+
+
+# ----------------------------------------------------------------------------------------------
+# Data.
+
+
+def market_like_data(num_query: int = 3368, num_gallery: int = 19732, dim: int = 2048,
+                     seed: int = 0, num_ids: int = 751, num_cameras: int = 6) -> dict:
+  """Clustered random re-ID features with Market-1501's label proportions.
+
+  Identity centres are N(0, s^2 I) with s = (64 / dim)^(1/4), which keeps the difficulty of
+  the 64-d golden fixtures at any dimension; a sample is centre + camera bias (N(0, 0.35^2 s^2))
+  + 1.3 N(0, I). Of the gallery, 19.4% (Market: 3,819 of 19,732) are junk (pid -1, noisier views
+  of a random identity, noise x1.3) and 14.2% (2,793) distractors (pid 0, hard negatives:
+  sqrt(1/2) centre + 1.3 N(0, I)).
+  """
+  rng = np.random.default_rng(seed)
+  spread = np.float32((64.0 / dim)**0.25)
+  centres = spread * rng.standard_normal((num_ids + 1, dim), dtype=np.float32)
+  cam_bias = 0.35 * spread * rng.standard_normal((num_cameras + 1, dim), dtype=np.float32)
+  num_junk = int(round(num_gallery * 3819 / 19732))
+  num_distractors = int(round(num_gallery * 2793 / 19732))
+  num_real = num_gallery - num_junk - num_distractors
+  q_pids = rng.integers(1, num_ids + 1, num_query)
+  g_pids = np.concatenate([rng.integers(1, num_ids + 1, num_real),
+                           np.full(num_junk, -1), np.zeros(num_distractors, np.int64)])
+  source = g_pids.copy()
+  source[num_real:] = rng.integers(1, num_ids + 1, num_junk + num_distractors)
+  q_camids = rng.integers(1, num_cameras + 1, num_query)
+  g_camids = rng.integers(1, num_cameras + 1, num_gallery)
+  noise = np.where(g_pids == -1, 1.3 * 1.3, 1.3).astype(np.float32)[:, None]
+
+  def make(pids, camids, scale):
+    x = rng.standard_normal((pids.size, dim), dtype=np.float32)
+    x *= scale
+    x += centres[pids]
+    x += cam_bias[camids]
+    return x
+
+  qf = make(q_pids, q_camids, np.float32(1.3))
+  gf = make(source, g_camids, noise)
+  distractor = g_pids == 0
+  gf[distractor] = (np.float32(np.sqrt(0.5)) * centres[source[distractor]] + np.float32(1.3) *
+                    rng.standard_normal((int(distractor.sum()), dim), dtype=np.float32))
+  perm = rng.permutation(num_gallery)
+  return {'qf': qf, 'gf': gf[perm], 'q_pids': q_pids, 'g_pids': g_pids[perm],
+          'q_camids': q_camids, 'g_camids': g_camids[perm]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring.
+
+
+def _rss_gib() -> float:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / GIB
+
+
+def _peak_rss_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # kB on Linux
+
+
+def _device_peak_gib() -> Optional[float]:
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return stats['peak_bytes_in_use'] / GIB
+
+
+def _timed(fn: Callable, repeats: int, keep: Optional[list] = None) -> dict:
+  """Seconds of each call (results blocked on) and the resident memory before the first.
+
+  If `keep` is a list, the first call's result is appended to it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  seconds = []
+  rss_before = _rss_gib()
+  for i in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    out = fn()
+    jax.block_until_ready(out)
+    seconds.append(time.perf_counter() - t0)
+    if i == 0 and keep is not None:
+      keep.append(out)
+    del out
+  return {'seconds': seconds, 'rss_before_gib': rss_before}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parts of --what=eval (each returns {step name: measurement}).
+
+
+def _rerank_inputs(data: dict):
+  """Non-squared float32 distances of L2-normalised features: what the reference is given."""
+  from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
+  from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
+  qn = rerank._l2_normalize(data['qf'])  # pylint: disable=protected-access
+  gn = rerank._l2_normalize(data['gf'])  # pylint: disable=protected-access
+  return (np.asarray(metrics.pairwise_distances_device(qn, gn)),
+          np.asarray(metrics.pairwise_distances_device(qn, qn, zero_diagonal=True)),
+          np.asarray(metrics.pairwise_distances_device(gn, gn, zero_diagonal=True)))
+
+
+def bench_distances(data: dict, repeats: int) -> Dict[str, dict]:
+  from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
+  qf, gf = data['qf'], data['gf']
+
+  def numpy_squared():   # what the anchors used: torchreid's addmm form with NumPy's BLAS
+    d = np.add.outer(np.sum(qf * qf, axis=1), np.sum(gf * gf, axis=1))
+    d -= 2.0 * (qf @ gf.T)
+    return d
+
+  res = {'q_g distances': _timed(lambda: metrics.pairwise_distances(qf, gf), repeats),
+         'q_g squared, NumPy BLAS (for comparison)': _timed(numpy_squared, repeats)}
+  res['re-ranking inputs q_g, q_q, g_g'] = _timed(lambda: _rerank_inputs(data), repeats)
+  return res
+
+
+def bench_evaluation(data: dict, repeats: int) -> Dict[str, dict]:
+  from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
+  dist = metrics.pairwise_distances(data['qf'], data['gf'])
+  ids = (data['q_pids'], data['g_pids'], data['q_camids'], data['g_camids'])
+  res = {}
+  for ap in ('standard', 'trapezoid'):
+    res[f'evaluate_ranking ap={ap}'] = _timed(
+        lambda ap=ap: metrics.evaluate_ranking(dist, *ids, ap=ap)['mAP'], repeats)
+  out = []
+  res['ranking_summary (both APs)'] = _timed(lambda: metrics.ranking_summary(dist, *ids), repeats,
+                                             out)
+  res['ranking_summary (both APs)']['summary'] = out[0]
+  return res
+
+
+def bench_rerank(data: dict, repeats: int) -> Dict[str, dict]:
+  from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
+  from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
+  q_g, q_q, g_g = _rerank_inputs(data)
+  name = 'k_reciprocal_rerank (float32 distance matrices given)'
+  out = []
+  res = {name: _timed(lambda: rerank.k_reciprocal_rerank(q_g, q_q, g_g), repeats, out)}
+  ids = (data['q_pids'], data['g_pids'], data['q_camids'], data['g_camids'])
+  res[name]['summary'] = metrics.ranking_summary(out[0], *ids)
+  return res
+
+
+def bench_rerank_features(data: dict, repeats: int) -> Dict[str, dict]:
+  from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
+  return {'rerank_features (distances included)': _timed(
+      lambda: rerank.rerank_features(data['qf'], data['gf']), repeats)}
+
+
+def bench_pipeline(data: dict, repeats: int) -> Dict[str, dict]:
+  """Distances + evaluation + re-ranking + its evaluation, as `fmn_jax.evaluate` runs them."""
+  from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
+  from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
+  ids = (data['q_pids'], data['g_pids'], data['q_camids'], data['g_camids'])
+
+  def run():
+    plain = metrics.ranking_summary(metrics.pairwise_distances(data['qf'], data['gf']), *ids)
+    reranked = metrics.ranking_summary(rerank.rerank_features(data['qf'], data['gf']), *ids)
+    return plain['mAP'], reranked['mAP']
+
+  return {'distances + evaluation + re-ranking + evaluation': _timed(run, repeats)}
+
+
+EVAL_PARTS = {'distances': bench_distances, 'evaluation': bench_evaluation,
+              'rerank': bench_rerank, 'rerank_features': bench_rerank_features,
+              'pipeline': bench_pipeline}
+
+
+def _run_child(part: str) -> dict:
+  """Runs one part in this process; returns its measurements plus the process's peaks."""
+  import jax  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  data = market_like_data(FLAGS.num_query, FLAGS.num_gallery, FLAGS.dim, FLAGS.seed)
+  data_seconds = time.perf_counter() - t0
+  steps = EVAL_PARTS[part](data, FLAGS.repeats)
+  return {'part': part, 'steps': steps, 'peak_rss_gib': _peak_rss_gib(),
+          'device_peak_gib': _device_peak_gib(), 'data_seconds': data_seconds,
+          'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend()}
+
+
+def run_eval(parts: List[str]) -> dict:
+  """Runs each part in a subprocess (separate peak memory); returns all results."""
+  unknown = [p for p in parts if p not in EVAL_PARTS]
+  if unknown:
+    raise ValueError(f'--parts: unknown part(s) {unknown}; known: {sorted(EVAL_PARTS)}')
+  results = {'what': 'eval', 'num_query': FLAGS.num_query, 'num_gallery': FLAGS.num_gallery,
+             'dim': FLAGS.dim, 'seed': FLAGS.seed, 'cpu_count': os.cpu_count(), 'parts': {}}
+  for part in parts:
+    cmd = [sys.executable, '-m', 'fmn_jax.benchmark', '--what=eval', f'--child={part}',
+           f'--num_query={FLAGS.num_query}', f'--num_gallery={FLAGS.num_gallery}',
+           f'--dim={FLAGS.dim}', f'--seed={FLAGS.seed}', f'--repeats={FLAGS.repeats}']
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
+    if proc.returncode != 0 or not lines:
+      raise RuntimeError(f'benchmark part {part!r} failed (exit {proc.returncode}):\n'
+                         f'{proc.stderr[-4000:]}')
+    r = json.loads(lines[-1])
+    results['parts'][part] = r
+    results['device'], results['backend'] = r['device'], r['backend']
+    _print_part(r)
+  return results
+
+
+def _print_part(r: dict) -> None:
+  dev = '' if r['device_peak_gib'] is None else f', device peak {r["device_peak_gib"]:.2f} GiB'
+  print(f'[{r["part"]}] process peak RSS {r["peak_rss_gib"]:.2f} GiB{dev} '
+        f'({r["backend"]}: {r["device"]})')
+  for name, m in r['steps'].items():
+    secs = ', '.join(f'{s:.2f}' for s in m['seconds'])
+    print(f'  {name:52s} {secs} s   (RSS before: {m["rss_before_gib"]:.2f} GiB)')
+    if 'summary' in m:
+      s = m['summary']
+      print(f'  {"":52s} rank-1 {s["rank1"]:.2f}  mAP {s["mAP"]:.2f}  '
+            f'mAP_trapezoid {s["mAP_trapezoid"]:.2f}  mINP {s["mINP"]:.2f}')
+  sys.stdout.flush()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.child:
+    if FLAGS.child not in EVAL_PARTS:
+      raise app.UsageError(f'--child: unknown part {FLAGS.child!r}')
+    print(json.dumps(_run_child(FLAGS.child)))
+    return
+  print(f'--what={FLAGS.what}: {FLAGS.num_query} queries x {FLAGS.num_gallery} gallery, '
+        f'{FLAGS.dim}-d, {os.cpu_count()} CPUs')
+  results = run_eval(FLAGS.parts)
+  if FLAGS.out:
+    with open(FLAGS.out, 'w') as f:
+      json.dump(results, f, indent=1)
+    print(f'wrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
