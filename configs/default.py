@@ -82,6 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.grn.decay_factor = 0.1
   config.grn.momentum = 0.9
   config.grn.nesterov = False
+  # 'sgd' (paper) or 'adam' (used by the demo's from-scratch training).
+  config.grn.optimizer = 'sgd'
+  # Linear warm-up from lr/10 (not in the paper: 0).
+  config.grn.warmup_epochs = 0.0
   # Not in the paper: 5e-4, the usual value for ResNet-50 re-id fine-tuning (and shared/gpu.md).
   # Applied to kernels only (conv and dense weights), not to biases or BatchNorm scale/offset.
   config.grn.weight_decay = 5e-4
@@ -99,9 +103,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.fmn.decay_factor = 0.1
   config.fmn.momentum = 0.9
   config.fmn.nesterov = False
+  # 'sgd' (paper) or 'adam' (used by the demo's from-scratch training).
+  config.fmn.optimizer = 'sgd'
+  # Linear warm-up from lr/10 (not in the paper: 0).
+  config.fmn.warmup_epochs = 0.0
   config.fmn.weight_decay = 5e-4
   # Not in the paper: margin m of Eq. 5 on probabilities of the true class (range [0, 1]).
   config.fmn.margin = 0.1
+  # LAN initialisation: 'imagenet' (paper: theta_o -> theta_l; random when model.pretrained is
+  # '') or 'grn' (the stage-1 GRN's stages after the mask layer and its classifier).
+  config.fmn.lan_init = 'imagenet'
   # Weight of the ranking loss next to the cross-entropy (the paper adds them: 1.0).
   config.fmn.rank_weight = 1.0
 

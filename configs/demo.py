@@ -29,7 +29,7 @@ def get_config(variant: str = ''):
   config.dataset.root = ''   # '' = DIR/data
   config.dataset.cache_size = (64, 32)
   config.dataset.synthetic = ml_collections.ConfigDict(dict(
-      num_train_ids=50, num_test_ids=50, num_cameras=4, images_per_camera=3,
+      num_train_ids=100, num_test_ids=100, num_cameras=4, images_per_camera=4,
       image_size=(64, 32)))
   config.log_every_steps = 10
 
@@ -37,17 +37,27 @@ def get_config(variant: str = ''):
   config.input.pad = 4
 
   config.model.width = 16
+  # One bottleneck per stage (a 17-layer ResNet): from random initialisation it learns several
+  # times faster per CPU second than the 50-layer one.
+  config.model.stage_sizes = (1, 1, 1, 1)
   config.model.dtype = 'float32'   # bfloat16 is slow on most CPUs
   config.model.pretrained = ''     # random initialisation
 
-  config.grn.epochs = 12
-  config.grn.batch_size = 32
-  config.grn.lr = 0.1
-  config.grn.decay_epochs = (9,)
-  config.fmn.epochs = 12
-  config.fmn.batch_size = 32
-  config.fmn.lr = 0.1
-  config.fmn.decay_epochs = (9,)
+  # From random initialisation the paper's lr 0.1 with no warm-up diverges in the first epoch
+  # (measured: loss 3.9 -> 8.8); 0.05 with a 2-epoch linear warm-up trains steadily.
+  for stage in (config.grn, config.fmn):
+    stage.epochs = 20
+    stage.batch_size = 32
+    stage.lr = 0.05
+    stage.warmup_epochs = 2.0
+    stage.decay_epochs = (15,)
+  # Without ImageNet weights the paper's theta_o -> theta_l would leave the LAN random while the
+  # GRN is trained; start the LAN from the stage-1 GRN instead, at a lower rate and no warm-up.
+  # Measured on a 50-identity version of this demo: LAN rank-1 9.6 / FMN 33.0 (random LAN,
+  # lr 0.05) vs LAN 40.4 / FMN 41.5 (LAN from the GRN, lr 0.02); GRN 36.2.
+  config.fmn.lan_init = 'grn'
+  config.fmn.lr = 0.02
+  config.fmn.warmup_epochs = 0.0
 
   config.eval.batch_size = 128
   config.checkpoint.every_steps = 100
@@ -59,9 +69,9 @@ def get_config(variant: str = ''):
     config.dataset.synthetic.images_per_camera = 2
     config.model.width = 8
     config.model.stage_sizes = (1, 1, 1, 1)
-    config.grn.epochs, config.grn.decay_epochs = 3, (2,)
-    config.fmn.epochs, config.fmn.decay_epochs = 3, (2,)
-    config.grn.batch_size = config.fmn.batch_size = 16
+    for stage in (config.grn, config.fmn):
+      stage.epochs, stage.decay_epochs, stage.warmup_epochs = 3, (2,), 0.0
+      stage.batch_size = 16
   elif variant:
     raise ValueError(f"configs/demo.py: unknown variant {variant!r} (expected '' or 'ci')")
   return config

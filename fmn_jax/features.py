@@ -5,6 +5,7 @@ training step. With flip-averaging (config.eval.flip) g and l are averaged over 
 mirror image before the descriptor D = [alpha g/|g|, (1 - alpha) l/|l|] is formed.
 """
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -20,12 +21,18 @@ from fmn_jax import reporting
 
 def make_feature_fn(model: models.FMN, config: ml_collections.ConfigDict, mesh,
                     flip: Optional[bool] = None):
-  """jitted (variables, images_uint8 [B, H, W, 3]) -> (g, l, descriptor), float32."""
-  flip = config.eval.flip if flip is None else flip
-  image_size = tuple(config.input.image_size)
-  normalization = config.input.normalization
-  alpha = config.model.alpha
+  """jitted (variables, images_uint8 [B, H, W, 3]) -> (g, l, descriptor), float32.
 
+  The jitted function is cached per (model, mesh, preprocessing), so query and gallery share
+  one compilation.
+  """
+  flip = config.eval.flip if flip is None else flip
+  return _feature_fn(model, mesh, bool(flip), tuple(config.input.image_size),
+                     config.input.normalization, float(config.model.alpha))
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_fn(model, mesh, flip, image_size, normalization, alpha):
   def forward(variables, images):
     x = data.preprocess_eval(images, image_size=image_size, normalization=normalization)
     out = model.apply(variables, x, train=False)

@@ -41,6 +41,8 @@ DATASETS = tuple(data.DATASET_NAMES) + ('synthetic',)
 DTYPES = ('float32', 'bfloat16')
 NORMALIZATIONS = ('caffe_bgr', 'imagenet_rgb')
 SAMPLERS = ('epoch', 'pk')
+OPTIMIZERS = ('sgd', 'adam')
+LAN_INITS = ('imagenet', 'grn')
 # Sampler seeds and augmentation keys differ per stage.
 _STAGE_SEED_OFFSET = {'grn': 0, 'fmn': 1}
 
@@ -123,10 +125,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_positive(f'{stage}.momentum', c.momentum, allow_zero=True)
     _check_positive(f'{stage}.weight_decay', c.weight_decay, allow_zero=True)
     _check_positive(f'{stage}.decay_factor', c.decay_factor)
+    _check_choice(f'{stage}.optimizer', c.optimizer, OPTIMIZERS)
+    _check_positive(f'{stage}.warmup_epochs', c.warmup_epochs, allow_zero=True)
     if isinstance(c.decay_epochs, (int, float)) or any(
         not isinstance(e, (int, float)) or e < 0 for e in c.decay_epochs):
       raise ValueError(f'config.{stage}.decay_epochs={c.decay_epochs!r} must be a tuple of '
                        'epochs, e.g. (20,)')
+  _check_choice('fmn.lan_init', config.fmn.lan_init, LAN_INITS)
   _check_positive('fmn.margin', config.fmn.margin, allow_zero=True)
   _check_positive('fmn.rank_weight', config.fmn.rank_weight, allow_zero=True)
   _check_positive('eval.batch_size', config.eval.batch_size)
@@ -195,13 +200,20 @@ def lr_schedule(stage_config: ml_collections.ConfigDict, steps_per_epoch: int,
   """Step schedule: `base_lr`, multiplied by `decay_factor` at each of `decay_epochs`.
 
   optax.join_schedules switches at `step >= boundary`, so the first update of epoch e (0-based
-  step e * steps_per_epoch) already uses the decayed rate.
+  step e * steps_per_epoch) already uses the decayed rate. With `warmup_epochs` > 0 the rate
+  first rises linearly from base_lr / 10 over that many epochs.
   """
   boundaries = sorted(int(round(e * steps_per_epoch)) for e in stage_config.decay_epochs)
   values = [base_lr * stage_config.decay_factor**i for i in range(len(boundaries) + 1)]
-  if not boundaries:
-    return optax.constant_schedule(base_lr)
-  return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
+  schedule = optax.constant_schedule(base_lr)
+  if boundaries:
+    schedule = optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
+  warmup = int(round(stage_config.get('warmup_epochs', 0) * steps_per_epoch))
+  if warmup > 0:
+    ramp = optax.linear_schedule(base_lr / 10, base_lr, warmup)
+    steps = schedule
+    return optax.join_schedules([ramp, lambda step: steps(step + warmup)], [warmup])
+  return schedule
 
 
 def param_labels(params: Any) -> Any:
@@ -230,7 +242,8 @@ def make_optimizer(stage_config: ml_collections.ConfigDict,
   """SGD with momentum and coupled weight decay (as PyTorch SGD / the paper's MatConvNet).
 
   update = -lr(step) * momentum_trace(grad + weight_decay * kernel); with `lr_head` set, the new
-  layers (`param_labels`) use their own rate with the same steps.
+  layers (`param_labels`) use their own rate with the same steps. optimizer='adam' replaces the
+  momentum trace by Adam's scaling (L2 weight decay as PyTorch Adam).
   """
   def scaled(lr):
     return optax.scale_by_learning_rate(lr_schedule(stage_config, steps_per_epoch, lr))
@@ -240,9 +253,13 @@ def make_optimizer(stage_config: ml_collections.ConfigDict,
     lr_part = optax.multi_transform(
         {'backbone': scaled(stage_config.lr), 'head': scaled(stage_config.lr_head)},
         param_labels)
+  if stage_config.optimizer == 'adam':
+    direction = optax.scale_by_adam()
+  else:
+    direction = optax.trace(decay=stage_config.momentum, nesterov=stage_config.nesterov)
   return optax.chain(
       optax.add_decayed_weights(stage_config.weight_decay, mask=_decay_mask),
-      optax.trace(decay=stage_config.momentum, nesterov=stage_config.nesterov),
+      direction,
       lr_part)
 
 
@@ -459,6 +476,21 @@ def init_variables(model: models.FMN, config: ml_collections.ConfigDict,
     logging.info('ImageNet initialisation from %s', path)
     variables = pretrained.init_fmn_from_imagenet(variables, pretrained.load_resnet50(path))
   return variables
+
+
+def lan_from_grn(variables: dict) -> dict:
+  """Copies the (trained) GRN's stages after the mask layer and its classifier into the LAN.
+
+  config.fmn.lan_init='grn': for runs without ImageNet weights, where the paper's theta_o -> theta_l
+  would leave the LAN random while the GRN is trained.
+  """
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax import pretrained
+  grn = {'params': variables['params']['grn'], 'batch_stats': variables['batch_stats']['grn']}
+  out = flax.core.unfreeze(pretrained.init_fmn_from_imagenet(variables, grn))
+  out['params']['lan']['fc'] = jax.tree_util.tree_map(
+      lambda x: jnp.array(x, copy=True), variables['params']['grn']['fc'])
+  return out
 
 
 def abstract_variables(model: models.FMN, config: ml_collections.ConfigDict) -> dict:
@@ -757,9 +789,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
       def initial_fmn_state():
         variables = fresh_variables()
-        grn = trained_grn(workdir, model, config, mesh, grn_steps)
+        grn = jax.device_get(trained_grn(workdir, model, config, mesh, grn_steps))
         variables = {'params': {**variables['params'], 'grn': grn['params']},
                      'batch_stats': {**variables['batch_stats'], 'grn': grn['batch_stats']}}
+        if config.fmn.lan_init == 'grn':
+          variables = lan_from_grn(variables)
         return fmn_state(variables, tx)
 
       final_state, seconds = run_stage(

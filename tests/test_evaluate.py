@@ -1,0 +1,97 @@
+"""Feature extraction (batching, flip-averaging, Eq. 6) and the evaluation of the four rows."""
+
+import importlib.util
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from fmn_jax import data
+from fmn_jax import evaluate
+from fmn_jax import features
+from fmn_jax import reporting
+from fmn_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ci_config():
+  spec = importlib.util.spec_from_file_location(
+      'demo_config', os.path.join(REPO, 'configs', 'demo.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config('ci')
+  c.progress = False
+  return c
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  c = _ci_config()
+  model = train.create_model(c, 5)
+  return c, model, train.init_variables(model, c)
+
+
+def test_descriptors_independent_of_batching_and_flip_is_eq6(tiny):
+  c, model, variables = tiny
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(11, 64, 32, 3), dtype=np.uint8)
+  a = features.compute_descriptors(model, variables, images, c, batch_size=4, flip=True)
+  b = features.compute_descriptors(model, variables, images, c, batch_size=16, flip=True)
+  for key in ('g', 'l', 'descriptor'):
+    assert a[key].shape[0] == 11 and a[key].dtype == np.float32
+    np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+  # Flip-averaging: g and l are the means over the image and its mirror image; D is Eq. 6.
+  plain = features.compute_descriptors(model, variables, images, c, flip=False)
+  mirror = features.compute_descriptors(model, variables, images[:, :, ::-1], c, flip=False)
+  np.testing.assert_allclose(a['g'], 0.5 * (plain['g'] + mirror['g']), rtol=1e-4, atol=1e-5)
+  alpha = c.model.alpha
+  expected = np.concatenate([alpha * features.l2_normalize(a['g']),
+                             (1 - alpha) * features.l2_normalize(a['l'])], axis=1)
+  np.testing.assert_allclose(a['descriptor'], expected, rtol=1e-4, atol=1e-6)
+  assert a['descriptor'].shape[1] == a['g'].shape[1] + a['l'].shape[1]
+
+
+def _split(pids, camids):
+  n = len(pids)
+  return data.Split(paths=tuple(f'{i}.jpg' for i in range(n)), pids=np.asarray(pids, np.int64),
+                    camids=np.asarray(camids, np.int64), junk=np.asarray(pids) == -1)
+
+
+def test_evaluate_features_rows():
+  # 3 query identities; the gallery holds each identity once from another camera, plus a
+  # distractor. GRN features match perfectly; LAN features are shuffled (no match first).
+  rng = np.random.default_rng(1)
+  centers = rng.normal(size=(4, 6)).astype(np.float32)
+  q_g, g_g = centers[:3], centers[[0, 1, 2, 3]]
+  q_l, g_l = centers[:3], centers[[1, 2, 0, 3]]
+  alpha = 0.5
+  desc = lambda g, l: np.concatenate([alpha * features.l2_normalize(g),
+                                      (1 - alpha) * features.l2_normalize(l)], 1)
+  qf = {'g': q_g, 'l': q_l, 'descriptor': desc(q_g, q_l)}
+  gf = {'g': g_g, 'l': g_l, 'descriptor': desc(g_g, g_l)}
+  query = _split([1, 2, 3], [1, 1, 1])
+  gallery = _split([1, 2, 3, 0], [2, 2, 2, 2])
+  config = ml_collections.ConfigDict(dict(eval=dict(rerank=False, k1=2, k2=1, lambda_value=0.3)))
+  results = evaluate.evaluate_features(qf, gf, query, gallery, config)
+  assert set(results) == {'GRN', 'LAN', 'FMN'}
+  assert results['GRN']['rank1'] == 100.0 and results['GRN']['mAP'] == 100.0
+  assert results['LAN']['rank1'] < 100.0
+  for row in results.values():
+    assert set(row) >= {'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mAP_trapezoid', 'mINP'}
+  with_rerank = evaluate.evaluate_features(qf, gf, query, gallery, config, rerank=True)
+  assert 0.0 <= with_rerank['FMN+rerank']['mAP'] <= 100.0
+
+
+def test_results_table():
+  row = {'rank1': 85.99, 'rank5': 94.0, 'rank10': 96.0, 'rank20': 97.5, 'mAP': 67.12,
+         'mAP_trapezoid': 66.0, 'mINP': 30.0}
+  text = reporting.format_results_table({'FMN': row, 'GRN': row})
+  lines = text.splitlines()
+  assert lines[0].split() == ['method', 'R-1', 'R-5', 'R-10', 'R-20', 'mAP', 'mAP(trap)', 'mINP']
+  assert lines[2].startswith('GRN') and lines[3].startswith('FMN')
+  assert '85.99' in lines[3] and '67.12' in lines[3]
+  assert 'mAP(trap)' not in reporting.format_results_table({'FMN': row}, ap='standard')
+  with pytest.raises(ValueError, match="'median'"):
+    reporting.format_results_table({'FMN': row}, ap='median')

@@ -1,0 +1,117 @@
+"""The main command end to end (demo 'ci' variant), config errors, and re-evaluation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fmn_jax import reporting
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, 'configs', 'demo.py')
+SUMMARY_KEYS = {'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mAP_trapezoid', 'mINP'}
+
+
+def _env(tmp_path):
+  env = dict(os.environ)
+  env.update({'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO + os.pathsep + env.get('PYTHONPATH', ''),
+              'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax_cache'),
+              'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'})
+  return env
+
+
+def _run(args, tmp_path, timeout=600):
+  return subprocess.run([sys.executable, *args], env=_env(tmp_path), capture_output=True,
+                        text=True, cwd=REPO, timeout=timeout)
+
+
+@pytest.mark.parametrize('override,names', [
+    ('--config.grn.lrr=0.1', ["'config.grn.lrr'", "'lrr'", 'lr_head']),
+    ('--config.modle.width=8', ["'config.modle.width'", "'modle'"]),
+])
+def test_config_typo_is_an_error_naming_the_key(tmp_path, override, names):
+  result = _run(['-m', 'fmn_jax.main', f'--config={DEMO}', f'--workdir={tmp_path / "w"}',
+                 override], tmp_path, timeout=120)
+  assert result.returncode != 0
+  for name in names:
+    assert name in result.stderr, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / 'w')
+
+
+@pytest.mark.parametrize('override,key,value', [
+    ('--config.model.mask_layer=res9', 'config.model.mask_layer', "'res9'"),
+    ('--config.dataset.name=market', 'config.dataset.name', "'market'"),
+    ('--config.model.dtype=fp16', 'config.model.dtype', "'fp16'"),
+    ('--config.stages=grn,evl', 'config.stages', "'grn,evl'"),
+])
+def test_bad_config_value_is_an_error_naming_key_and_value(tmp_path, override, key, value):
+  result = _run(['-m', 'fmn_jax.main', f'--config={DEMO}', f'--workdir={tmp_path / "w"}',
+                 override], tmp_path, timeout=120)
+  assert result.returncode == 1
+  assert key in result.stderr and value in result.stderr, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+  """The CI variant of the demo, end to end: synthetic data, stage 1, stage 2, evaluation."""
+  tmp = tmp_path_factory.mktemp('demo_ci')
+  workdir = tmp / 'run'
+  result = _run(['-m', 'fmn_jax.main', f'--config={DEMO}:ci', f'--workdir={workdir}',
+                 '--config.progress=False'], tmp)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return workdir, result, tmp
+
+
+def test_demo_end_to_end(demo_run):
+  workdir, result, _ = demo_run
+  results = json.load(open(workdir / 'results.json'))
+  for method in reporting.METHODS:
+    assert SUMMARY_KEYS <= set(results[method]), method
+    for key in SUMMARY_KEYS:
+      assert 0.0 <= results[method][key] <= 100.0
+    assert results[method]['mAP_trapezoid'] <= results[method]['mAP'] + 1e-9
+  assert set(results['stage_seconds']) == {'grn', 'fmn', 'eval'}
+  assert results['config']['model']['width'] == 8
+  assert results['num_train_ids'] == 10 and results['devices']['count'] >= 1
+  # The printed table.
+  assert 'FMN+rerank' in result.stdout and 'mAP(trap)' in result.stdout
+  fmn_row = next(l for l in result.stdout.splitlines() if l.startswith('FMN '))
+  assert f'{results["FMN"]["rank1"]:.2f}' in fmn_row
+  # Logs and curves for both stages.
+  records = reporting.read_jsonl(str(workdir / 'log.jsonl'))
+  epochs = reporting.epoch_records(records)
+  assert [r['epoch'] for r in epochs['grn']] == [1, 2, 3]
+  assert [r['epoch'] for r in epochs['fmn']] == [1, 2, 3]
+  assert os.path.getsize(workdir / 'curves.png') > 10_000
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['fmn', 'grn']
+
+
+def test_rerun_is_a_no_op_and_evaluate_rewrites_results(demo_run):
+  workdir, _, tmp = demo_run
+  before = json.load(open(workdir / 'results.json'))
+  # Re-evaluation from the checkpoint, without re-ranking: FMN+rerank disappears, the rest stays.
+  result = _run(['-m', 'fmn_jax.evaluate', f'--workdir={workdir}', '--norerank',
+                 '--ap=trapezoid'], tmp)
+  assert result.returncode == 0, result.stderr[-4000:]
+  after = json.load(open(workdir / 'results.json'))
+  assert 'FMN+rerank' not in after
+  for method in ('GRN', 'LAN', 'FMN'):
+    for key in SUMMARY_KEYS:
+      assert after[method][key] == pytest.approx(before[method][key], abs=1e-6), (method, key)
+  assert after['stage_seconds']['grn'] == before['stage_seconds']['grn']
+  header = result.stdout.splitlines()[0]
+  assert 'mAP(trap)' in header and ' mAP ' not in header
+  # The main command again: both stages are complete, so only the evaluation runs.
+  n_records = len(reporting.read_jsonl(str(workdir / 'log.jsonl')))
+  result = _run(['-m', 'fmn_jax.main', f'--config={DEMO}:ci', f'--workdir={workdir}',
+                 '--config.progress=False'], tmp)
+  assert result.returncode == 0, result.stderr[-4000:]
+  new = reporting.read_jsonl(str(workdir / 'log.jsonl'))[n_records:]
+  assert [r['kind'] for r in new] == ['eval'], new
+  again = json.load(open(workdir / 'results.json'))
+  assert again['FMN+rerank'] == pytest.approx(before['FMN+rerank'])
+  assert again['stage_seconds']['fmn'] == before['stage_seconds']['fmn']
