@@ -52,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 'epoch' (shuffled epochs, softmax training as in the paper) | 'pk' (P identities x K images).
   config.input.sampler = 'epoch'
   config.input.num_instances = 4
+  # Where the decoded training images live: 'yes' device memory (replicated; batches gathered
+  # and augmented there), 'no' host (memory-mapped cache, each host gathers its shards), 'auto'
+  # device memory when they take at most 40% of it.
+  config.input.images_on_device = 'auto'
 
   config.model = ml_collections.ConfigDict()
   config.model.width = 64

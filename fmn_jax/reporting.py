@@ -89,12 +89,13 @@ class RunLog:
       self.tb = TensorBoardWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, kind: str, stage: str, step: int, **values: Any) -> None:
-    """Writes one record; numeric values also go to TensorBoard as `stage/kind/name`."""
+    """Writes one record; numeric values of 'train', 'epoch' and 'eval' records also go to
+    TensorBoard as `stage/kind/name`."""
     if not self.enabled:
       return
     record = {'kind': kind, 'stage': stage, 'step': int(step), 'time': time.time(), **values}
     self.jsonl.write(record)
-    if self.tb is not None:
+    if self.tb is not None and kind in ('train', 'epoch', 'eval'):
       scalars = {f'{stage}/{kind}/{k}': v for k, v in values.items()
                  if isinstance(_to_python(v), (int, float)) and not isinstance(v, bool)}
       if scalars:

@@ -100,6 +100,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_positive('input.pad', config.input.pad, allow_zero=True)
   _check_choice('input.normalization', config.input.normalization, NORMALIZATIONS)
   _check_choice('input.sampler', config.input.sampler, SAMPLERS)
+  _check_choice('input.images_on_device', config.input.images_on_device, ('auto', 'yes', 'no'))
   _check_positive('input.num_instances', config.input.num_instances)
   if not 0.0 <= config.input.random_erasing <= 1.0:
     raise ValueError(f'config.input.random_erasing={config.input.random_erasing!r} must be a '
@@ -330,30 +331,68 @@ def _augment_fn(config: ml_collections.ConfigDict) -> Callable:
       normalization=config.input.normalization)
 
 
-def make_train_step(stage: str, model: models.FMN, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict, mesh) -> Callable:
-  """The jitted step: (state, images_u8, labels, idx, key) -> (state, metrics, (loss, finite)).
+class TrainImages:
+  """The decoded training split as the step reads it: in device memory or on the host.
 
-  images_u8 [N, H, W, 3] uint8 and labels [N] are the whole training split, replicated; idx [B]
-  (sharded over 'data') picks the global batch; key is the stage's base PRNG key, folded with the
-  step number for augmentation.
+  On the devices (the default when it fits, see `data.input_pipeline.device_memory_budget`),
+  images [N, H, W, 3] uint8 and labels [N] are replicated and each step gathers its batch there
+  from the global indices. On the host (arrays too large for the devices), every process gathers
+  only the rows of its own devices' shards from the memory-mapped cache
+  (`jax.make_array_from_callback`), which is also the per-host loading of a multi-host run.
+  """
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, mesh, on_device: bool):
+    self.mesh, self.on_device = mesh, on_device
+    self._batch_sharding = parallel.data_sharded(mesh)
+    labels = np.asarray(labels, np.int32)
+    if on_device:
+      repl = parallel.replicated(mesh)
+      self.images = parallel.global_array(images, repl)
+      self.labels = parallel.global_array(labels, repl)
+    else:
+      self.images, self.labels = images, labels
+
+  def batch(self, idx: np.ndarray) -> tuple:
+    """The step's `batch` argument for the global batch indices `idx`."""
+    idx = np.asarray(idx, np.int64)
+    if self.on_device:
+      return (self.images, self.labels,
+              parallel.global_array(idx.astype(np.int32), self._batch_sharding))
+    shape = (idx.size,) + tuple(self.images.shape[1:])
+    x = jax.make_array_from_callback(shape, self._batch_sharding,
+                                     lambda s: np.asarray(self.images[idx[s[0]]]))
+    return x, parallel.global_array(self.labels[idx], self._batch_sharding)
+
+
+def make_train_step(stage: str, model: models.FMN, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, mesh,
+                    on_device: bool = True) -> Callable:
+  """The jitted step: (state, batch, key) -> (state, metrics, (loss, params_finite)).
+
+  `batch` is `TrainImages.batch(idx)`: with on_device, (images [N, H, W, 3] uint8 and labels [N]
+  of the whole split, replicated; idx [B] sharded over 'data'), else (uint8 batch [B, H, W, 3],
+  labels [B]), sharded over 'data'. `key` is the stage's base PRNG key, folded with the step
+  number for augmentation.
   """
   augment = _augment_fn(config)
   batch_sharding = parallel.data_sharded(mesh)
   repl = parallel.replicated(mesh)
 
-  def get_batch(state, images, labels, idx, key):
-    x = jnp.take(images, idx, axis=0)
-    x = jax.lax.with_sharding_constraint(x, batch_sharding)
-    y = jnp.take(labels, idx, axis=0)
+  def get_batch(state, batch, key):
+    if on_device:
+      images, labels, idx = batch
+      x = jax.lax.with_sharding_constraint(jnp.take(images, idx, axis=0), batch_sharding)
+      y = jnp.take(labels, idx, axis=0)
+    else:
+      x, y = batch
     x = augment(jax.random.fold_in(key, state.step), x)
     return jax.lax.with_sharding_constraint(x, batch_sharding), y
 
   if stage == 'grn':
     loss_fn = grn_loss_fn(model)
 
-    def step(state, images, labels, idx, key):
-      x, y = get_batch(state, images, labels, idx, key)
+    def step(state, batch, key):
+      x, y = get_batch(state, batch, key)
       (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
           state.params, state.batch_stats, x, y)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -371,8 +410,8 @@ def make_train_step(stage: str, model: models.FMN, tx: optax.GradientTransformat
                                       {**batch_stats, 'grn': frozen['batch_stats']}, x, y)
       return loss, (aux, {k: new_bs[k] for k in batch_stats})
 
-    def step(state, images, labels, idx, key):
-      x, y = get_batch(state, images, labels, idx, key)
+    def step(state, batch, key):
+      x, y = get_batch(state, batch, key)
       (loss, (aux, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
           state.params, state.batch_stats, state.frozen, x, y)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -382,7 +421,8 @@ def make_train_step(stage: str, model: models.FMN, tx: optax.GradientTransformat
                                 opt_state=opt_state)
       return new_state, metrics, (loss, _all_finite(params))
 
-  return jax.jit(step, in_shardings=(repl, repl, repl, batch_sharding, repl),
+  batch_in = ((repl, repl, batch_sharding) if on_device else (batch_sharding, batch_sharding))
+  return jax.jit(step, in_shardings=(repl, batch_in, repl),
                  out_shardings=(repl, repl, repl), donate_argnums=(0,))
 
 
@@ -554,7 +594,7 @@ class _LossWatch:
 
 
 def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, mesh,
-              model: models.FMN, train: data.Split, device_data: tuple,
+              model: models.FMN, train: data.Split, train_images: TrainImages,
               initial_state: Callable[[], TrainState], abstract_state: TrainState,
               tx: optax.GradientTransformation, log: reporting.RunLog) -> tuple:
   """Trains one stage to its last step, resuming from the latest checkpoint.
@@ -585,12 +625,10 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
     ckpt.close()
     return state, 0.0
 
-  step_fn = make_train_step(stage, model, tx, config, mesh)
-  images_dev, labels_dev = device_data
+  step_fn = make_train_step(stage, model, tx, config, mesh, train_images.on_device)
   # A raw uint32[2] key (jax.random.PRNGKey), replicated; folded with the step inside the step.
   key = parallel.global_array(
       np.asarray(jax.random.PRNGKey(config.seed * 1000 + _STAGE_SEED_OFFSET[stage])), repl)
-  batch_sharding = parallel.data_sharded(mesh)
   schedules = {'lr': lr_schedule(stage_cfg, spe, stage_cfg.lr)}
   if stage_cfg.lr_head is not None:
     schedules['lr_head'] = lr_schedule(stage_cfg, spe, stage_cfg.lr_head)
@@ -607,8 +645,8 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
         bar = reporting.progress(total=spe * batch_size, initial=(step % spe) * batch_size,
                                  desc=f'{stage} epoch {epoch + 1}/{stage_cfg.epochs}',
                                  enabled=config.progress and main)
-      idx = parallel.global_array(sampler.indices(step).astype(np.int32), batch_sharding)
-      state, metrics, loss_and_finite = step_fn(state, images_dev, labels_dev, idx, key)
+      state, metrics, loss_and_finite = step_fn(state, train_images.batch(sampler.indices(step)),
+                                                key)
       watch.add(step, loss_and_finite)
       epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
       bar.update(batch_size)
@@ -652,11 +690,19 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
 # The whole job.
 
 
-def _device_data(config, train: data.Split, mesh) -> tuple:
+def load_train_images(config, train: data.Split, mesh) -> TrainImages:
+  """Decodes (or reads the cache of) the training split and places it per config."""
   images = decode(config, train)
-  repl = parallel.replicated(mesh)
-  labels = np.asarray(train.labels, np.int32)
-  return parallel.global_array(images, repl), parallel.global_array(labels, repl)
+  mode = config.input.images_on_device
+  if mode == 'auto':
+    # pylint: disable=g-import-not-at-top
+    from fmn_jax.data import input_pipeline
+    on_device = images.nbytes <= input_pipeline.device_memory_budget()
+  else:
+    on_device = mode == 'yes'
+  logging.info('Training images: %s uint8 (%.0f MiB) %s', images.shape, images.nbytes / 2**20,
+               'in device memory' if on_device else 'on the host')
+  return TrainImages(images, train.labels, mesh, on_device)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -762,9 +808,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stage_seconds = dict(previous.get('stage_seconds', {}))
   log = reporting.RunLog(workdir, tensorboard=config.tensorboard, enabled=main)
   try:
-    device_data = None
+    train_images = None
     if any(s in stages for s in TRAIN_STAGES):
-      device_data = _device_data(config, dataset.train, mesh)
+      train_images = load_train_images(config, dataset.train, mesh)
     variables_cache = {}
 
     def fresh_variables():
@@ -778,7 +824,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       tx = make_optimizer(config.grn, spe)
       _, seconds = run_stage(
           'grn', config=config, workdir=workdir, mesh=mesh, model=model, train=dataset.train,
-          device_data=device_data, initial_state=lambda: grn_state(fresh_variables(), tx),
+          train_images=train_images, initial_state=lambda: grn_state(fresh_variables(), tx),
           abstract_state=abstract_grn_state(model, config, spe), tx=tx, log=log)
       if seconds:
         stage_seconds['grn'] = seconds
@@ -798,11 +844,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
       final_state, seconds = run_stage(
           'fmn', config=config, workdir=workdir, mesh=mesh, model=model, train=dataset.train,
-          device_data=device_data, initial_state=initial_fmn_state,
+          train_images=train_images, initial_state=initial_fmn_state,
           abstract_state=abstract_fmn_state(model, config, spe), tx=tx, log=log)
       if seconds:
         stage_seconds['fmn'] = seconds
-    del device_data
+    del train_images
 
     results = {k: v for k, v in previous.items() if k in reporting.METHODS}
     if 'eval' in stages:

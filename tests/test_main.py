@@ -115,3 +115,26 @@ def test_rerun_is_a_no_op_and_evaluate_rewrites_results(demo_run):
   again = json.load(open(workdir / 'results.json'))
   assert again['FMN+rerank'] == pytest.approx(before['FMN+rerank'])
   assert again['stage_seconds']['fmn'] == before['stage_seconds']['fmn']
+
+
+def test_run_log_jsonl_and_tensorboard(tmp_path):
+  log = reporting.RunLog(str(tmp_path), tensorboard=True)
+  log.write('epoch', 'grn', 12, epoch=1, loss=2.5, accuracy=0.25)
+  log.write('epoch', 'grn', 24, epoch=2, loss=1.5, accuracy=0.5)
+  log.write('epoch', 'grn', 24, epoch=2, loss=1.25, accuracy=0.625)   # resumed: repeated epoch
+  log.close()
+  with open(tmp_path / 'log.jsonl', 'a') as f:
+    f.write('{"kind": "epo')   # a line cut by kill -9 is skipped
+  records = reporting.read_jsonl(str(tmp_path / 'log.jsonl'))
+  assert [r['step'] for r in records] == [12, 24, 24]
+  epochs = reporting.epoch_records(records)['grn']
+  assert [(r['epoch'], r['loss']) for r in epochs] == [(1, 2.5), (2, 1.25)]
+  assert reporting.plot_curves(str(tmp_path / 'log.jsonl'), str(tmp_path / 'c.png'))
+  if not reporting.tensorboard_available():
+    assert not (tmp_path / 'tensorboard').exists()
+    return
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars('grn/epoch/loss')] == [
+      (12, 2.5), (24, 1.5), (24, 1.25)]

@@ -145,7 +145,8 @@ def test_stage2_gradients_of_grn_are_zero(tiny):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, 64, 32, 3)).astype(np.float32) * 50)
   y = jnp.asarray([0, 1, 2, 3])
-  grads, _ = jax.grad(loss_fn, has_aux=True)(variables['params'], variables['batch_stats'], x, y)
+  grads, _ = jax.jit(jax.grad(loss_fn, has_aux=True))(
+      variables['params'], variables['batch_stats'], x, y)
   grn = _leaves_with_paths(grads['grn'])
   assert len(grn) > 10
   for path, g in grn:
@@ -153,6 +154,31 @@ def test_stage2_gradients_of_grn_are_zero(tiny):
   # The trained parts do get gradients.
   assert any(np.any(g != 0) for _, g in _leaves_with_paths(grads['lan']))
   assert any(np.any(g != 0) for _, g in _leaves_with_paths(grads['mn']))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(demo_market_root):
+  c = _load_demo_config('ci')
+  c.dataset.name, c.dataset.root = 'market1501', demo_market_root
+  c.model.dtype = 'bfloat16'
+  c.grn.lr_head = 0.1
+  mesh = parallel.create_mesh()
+  dataset = train.load_reid_dataset(c, '/nonexistent')
+  model = train.create_model(c, dataset.num_classes)
+  images = train.load_train_images(c, dataset.train, mesh)
+  tx = train.make_optimizer(c.grn, 4)
+  state = parallel.replicate_tree(train.grn_state(train.init_variables(model, c), tx), mesh)
+  step_fn = train.make_train_step('grn', model, tx, c, mesh)
+  key = parallel.global_array(np.asarray(jax.random.PRNGKey(0)), parallel.replicated(mesh))
+  batch = images.batch(np.arange(16))
+  state, _, (loss, finite) = step_fn(state, batch, key)
+  assert np.isfinite(float(loss)) and bool(finite)
+  for tree in (state.params, state.batch_stats, state.opt_state):
+    for path, leaf in _leaves_with_paths(tree):
+      if leaf.ndim:
+        assert leaf.dtype == np.float32, path
+  # The convolutions do run in bfloat16.
+  hlo = step_fn.lower(state, batch, key).as_text()
+  assert 'bf16' in hlo
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,25 +298,25 @@ _DEVICE_SCRIPT = textwrap.dedent('''
     from tests.test_train import run_steps
     one, one_losses = run_steps({root!r}, num_devices=1)
     four, four_losses = run_steps({root!r}, num_devices=4)
+    host, host_losses = run_steps({root!r}, num_devices=4, on_device=False)
     np.savez({out!r}, **{{'1' + k: v for k, v in one.items()}},
-             **{{'4' + k: v for k, v in four.items()}})
-    print(json.dumps({{'devices': jax.device_count(), 'one': one_losses, 'four': four_losses}}))
+             **{{'4' + k: v for k, v in four.items()}}, **{{'h' + k: v for k, v in host.items()}})
+    print(json.dumps({{'devices': jax.device_count(), 'one': one_losses, 'four': four_losses,
+                      'host': host_losses}}))
 ''')
 
 
-def run_steps(root: str, steps: int = 3, num_devices=None, fmn_lr=None) -> tuple:
+def run_steps(root: str, steps: int = 3, num_devices=None, on_device=True) -> tuple:
   """A few stage-1 then stage-2 steps on the first `num_devices` devices: (flat params, losses)."""
   c = _load_demo_config('ci')
   c.dataset.name, c.dataset.root = 'market1501', root
   c.progress = False
-  if fmn_lr:
-    c.fmn.lr = fmn_lr
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
   mesh = jax.sharding.Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
   dataset = train.load_reid_dataset(c, '/nonexistent')
   model = train.create_model(c, dataset.num_classes)
   variables = train.init_variables(model, c)
-  images, labels = train._device_data(c, dataset.train, mesh)  # pylint: disable=protected-access
+  images = train.TrainImages(train.decode(c, dataset.train), dataset.train.labels, mesh, on_device)
   key = parallel.global_array(np.asarray(jax.random.PRNGKey(0)), parallel.replicated(mesh))
   losses, results = [], {}
   for stage in ('grn', 'fmn'):
@@ -299,11 +325,9 @@ def run_steps(root: str, steps: int = 3, num_devices=None, fmn_lr=None) -> tuple
     state = (train.grn_state(variables, tx) if stage == 'grn'
              else train.fmn_state(variables, tx))
     state = parallel.replicate_tree(state, mesh)
-    step_fn = train.make_train_step(stage, model, tx, c, mesh)
+    step_fn = train.make_train_step(stage, model, tx, c, mesh, on_device)
     for s in range(steps):
-      idx = parallel.global_array(sampler.indices(s).astype(np.int32),
-                                  parallel.data_sharded(mesh))
-      state, _, (loss, _) = step_fn(state, images, labels, idx, key)
+      state, _, (loss, _) = step_fn(state, images.batch(sampler.indices(s)), key)
       losses.append(float(loss))
     # Both stages start from the same initial variables, so stage 2's comparison is not blurred
     # by stage 1's rounding differences (a width-8 network amplifies them through BatchNorm).
@@ -329,6 +353,11 @@ def test_one_vs_four_devices(demo_market_root, tmp_path):
   arrays = np.load(out)
   one = {k[1:]: arrays[k] for k in arrays.files if k[0] == '1'}
   four = {k[1:]: arrays[k] for k in arrays.files if k[0] == '4'}
+  host = {k[1:]: arrays[k] for k in arrays.files if k[0] == 'h'}
+  # Batches gathered on the host (per-shard, as in multi-host runs) give the same steps.
+  np.testing.assert_allclose(info['host'], info['four'], rtol=1e-6)
+  for path, value in four.items():
+    np.testing.assert_allclose(host[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
   # Same math; only the order of floating-point reductions (gradient all-reduce, BatchNorm
   # statistics over the global batch) differs, so agreement is to rounding, not bitwise: losses
   # to rtol 1e-5 (BatchNorm statistics per 4-example device shard instead of over the global
