@@ -1,5 +1,7 @@
 """Benchmarks: seconds and peak memory of the project's heavy steps on this machine.
 
+    python -m fmn_jax.benchmark --what=all --out=results/benchmark_<device>.json
+    python -m fmn_jax.benchmark --what=train [--config=configs/market.py] [--train_steps=20]
     python -m fmn_jax.benchmark --what=eval
         [--parts=distances,evaluation,rerank,rerank_features,pipeline]
         [--num_query=3368 --num_gallery=19732 --dim=2048] [--repeats=2] [--out=FILE.json]
@@ -13,6 +15,16 @@ evaluation). Every part runs in a process
 of its own, so the peak resident memory reported (ru_maxrss) is that part's, inputs and JAX
 runtime included; on a GPU the device's peak bytes in use are reported too. The first call of
 each step includes its jit compilation; later repeats do not.
+
+`--what=train` times, on synthetic images of the config's sizes (`--config`, default
+configs/market.py), the training steps exactly as the trainer jits them and the feature
+extraction of the evaluation, in images per second after compilation and warm-up:
+- 'ceiling': a plain ResNet-50 training step built from the same layers (`models.ResNet`,
+  softmax cross-entropy, SGD momentum, input already normalised on the device, no FMN);
+- 'stage1' (GRN) and 'stage2' (MN + LAN, GRN frozen) steps of `train.make_train_step`,
+  including the on-device gather and augmentation; with their ratios to the ceiling;
+- 'features': `features.compute_descriptors` (GRN + MN + LAN forward, flip as configured).
+`--what=all` runs both and, with --out, writes one JSON.
 """
 
 import json
@@ -25,10 +37,19 @@ from typing import Callable, Dict, List, Optional
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('what', 'eval', ['eval'], 'Which benchmark to run.')
+flags.DEFINE_enum('what', 'eval', ['eval', 'train', 'all'], 'Which benchmark to run.')
+config_flags.DEFINE_config_file(
+    'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'configs', 'market.py'),
+    'Training config whose model, input sizes, batch sizes and dtype --what=train uses.',
+    lock_config=True)
+flags.DEFINE_integer('train_steps', 20, 'Timed steps per training benchmark (after warm-up).')
+flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps before timing (compilation included).')
+flags.DEFINE_integer('num_images', 2048, 'Synthetic training images held on the device.')
 flags.DEFINE_list('parts', ['distances', 'evaluation', 'rerank', 'rerank_features', 'pipeline'],
                   'Parts of --what=eval to run (each in its own process).')
 flags.DEFINE_integer('num_query', 3368, 'Queries (Market-1501: 3,368).')
@@ -214,6 +235,122 @@ EVAL_PARTS = {'distances': bench_distances, 'evaluation': bench_evaluation,
               'pipeline': bench_pipeline}
 
 
+# ----------------------------------------------------------------------------------------------
+# --what=train: training steps and feature extraction, images per second.
+
+
+def _steps_per_second(step: Callable, state, warmup: int, steps: int):
+  """Runs `state = step(state)` warmup + steps times; returns (steps/s of the timed part, state)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  for _ in range(max(1, warmup)):
+    state = step(state)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state = step(state)
+  jax.block_until_ready(state)
+  return steps / (time.perf_counter() - t0), state
+
+
+def bench_training(config, steps: int, warmup: int, num_images: int) -> dict:
+  """Images/s of the ceiling, stage-1 and stage-2 steps and feature extraction."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from fmn_jax import features
+  from fmn_jax import models
+  from fmn_jax import parallel
+  from fmn_jax import train
+  # pylint: enable=g-import-not-at-top
+  mesh = parallel.create_mesh()
+  num_classes = 751
+  rng = np.random.default_rng(0)
+  h, w = config.dataset.cache_size
+  images = rng.integers(0, 256, (num_images, h, w, 3), dtype=np.uint8)
+  labels = rng.integers(0, num_classes, num_images).astype(np.int32)
+  model = train.create_model(config, num_classes)
+  variables = train.init_variables(model, config, load_pretrained=False)
+  ih, iw = config.input.image_size
+  out = {'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
+         'num_devices': jax.device_count(), 'image_size': [ih, iw],
+         'dtype': config.model.dtype, 'width': config.model.width, 'steps': steps}
+
+  # Ceiling: the same ResNet-50 layers, plain softmax step on a fixed normalised batch.
+  bs = config.grn.batch_size
+  net = models.ResNet(num_classes=num_classes, width=config.model.width,
+                      stage_sizes=tuple(config.model.stage_sizes),
+                      stride_layout=config.model.stride_layout,
+                      dtype=jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32)
+  repl, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  x = parallel.global_array(rng.standard_normal((bs, ih, iw, 3), np.float32), shard)
+  y = parallel.global_array(labels[:bs], shard)
+  v = jax.jit(lambda k: net.init(k, x[:1], train=False))(jax.random.key(0, impl='unsafe_rbg'))
+  tx = optax.sgd(0.01, momentum=0.9)
+  plain = {'params': v['params'], 'batch_stats': v['batch_stats'],
+           'opt': tx.init(v['params'])}
+
+  def plain_step(s, x, y):
+    def loss_fn(p):
+      logits, upd = net.apply({'params': p, 'batch_stats': s['batch_stats']}, x, train=True,
+                              mutable=['batch_stats'])
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits.astype(jnp.float32), y).mean(), upd['batch_stats']
+    (_, bstats), g = jax.value_and_grad(loss_fn, has_aux=True)(s['params'])
+    upd, opt = tx.update(g, s['opt'], s['params'])
+    return {'params': optax.apply_updates(s['params'], upd), 'batch_stats': bstats, 'opt': opt}
+
+  plain_jit = jax.jit(plain_step, in_shardings=(repl, shard, shard), out_shardings=repl,
+                      donate_argnums=(0,))
+  sps, _ = _steps_per_second(lambda s: plain_jit(s, x, y), plain, warmup, steps)
+  out['ceiling'] = {'images_per_second': sps * bs, 'batch_size': bs}
+  del plain
+
+  # Stage 1 and stage 2, as the trainer runs them.
+  timages = train.TrainImages(images, labels, mesh, on_device=True)
+  key = jax.random.key(0)
+  for stage, stage_cfg, make_state in (('stage1', config.grn, train.grn_state),
+                                       ('stage2', config.fmn, train.fmn_state)):
+    bs = stage_cfg.batch_size
+    parallel.check_batch_size(bs, f'{stage} batch_size', mesh)
+    spe = max(1, num_images // bs)
+    tx = train.make_optimizer(stage_cfg, spe)
+    state = jax.device_put(make_state(variables, tx), repl)
+    step_fn = train.make_train_step('grn' if stage == 'stage1' else 'fmn', model, tx, config,
+                                    mesh, on_device=True)
+    batches = [timages.batch(np.arange(i * bs, (i + 1) * bs) % num_images) for i in range(4)]
+    counter = [0]
+
+    def one(s, step_fn=step_fn, batches=batches, counter=counter):
+      counter[0] += 1
+      return step_fn(s, batches[counter[0] % len(batches)], key)[0]
+
+    sps, state = _steps_per_second(one, state, warmup, steps)
+    out[stage] = {'images_per_second': sps * bs, 'batch_size': bs,
+                  'ratio_to_ceiling': sps * bs / out['ceiling']['images_per_second']}
+    del state
+
+  # Feature extraction (evaluation forward, flip as configured).
+  n = min(num_images, max(4 * config.eval.batch_size, 256))
+  features.compute_descriptors(model, variables, images[:config.eval.batch_size], config,
+                               mesh=mesh, progress=False)   # compile
+  t0 = time.perf_counter()
+  features.compute_descriptors(model, variables, images[:n], config, mesh=mesh, progress=False)
+  out['features'] = {'images_per_second': n / (time.perf_counter() - t0),
+                     'batch_size': config.eval.batch_size, 'flip': bool(config.eval.flip)}
+  return out
+
+
+def _print_training(r: dict) -> None:
+  print(f'[train] {r["backend"]}: {r["device"]} x{r["num_devices"]}, input {r["image_size"]}, '
+        f'{r["dtype"]}, width {r["width"]}')
+  for name in ('ceiling', 'stage1', 'stage2', 'features'):
+    m = r[name]
+    ratio = f'  ({m["ratio_to_ceiling"]:.2f} of the ceiling)' if 'ratio_to_ceiling' in m else ''
+    print(f'  {name:10s} {m["images_per_second"]:9.1f} images/s  batch {m["batch_size"]}{ratio}')
+  sys.stdout.flush()
+
+
 def _run_child(part: str) -> dict:
   """Runs one part in this process; returns its measurements plus the process's peaks."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -271,9 +408,17 @@ def main(argv):
       raise app.UsageError(f'--child: unknown part {FLAGS.child!r}')
     print(json.dumps(_run_child(FLAGS.child)))
     return
-  print(f'--what={FLAGS.what}: {FLAGS.num_query} queries x {FLAGS.num_gallery} gallery, '
-        f'{FLAGS.dim}-d, {os.cpu_count()} CPUs')
-  results = run_eval(FLAGS.parts)
+  results = {'what': FLAGS.what}
+  if FLAGS.what in ('train', 'all'):
+    import jax  # pylint: disable=g-import-not-at-top
+    results['train'] = bench_training(FLAGS.config, FLAGS.train_steps, FLAGS.warmup_steps,
+                                      FLAGS.num_images)
+    results['jax_version'] = jax.__version__
+    _print_training(results['train'])
+  if FLAGS.what in ('eval', 'all'):
+    print(f'--what=eval: {FLAGS.num_query} queries x {FLAGS.num_gallery} gallery, '
+          f'{FLAGS.dim}-d, {os.cpu_count()} CPUs')
+    results['eval'] = run_eval(FLAGS.parts)
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:
       json.dump(results, f, indent=1)
