@@ -34,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.root = '~/data/Market-1501-v15.09.15'
   # Size (H, W) the decoded uint8 images are stored at (memory-mapped cache, then on the device).
   config.dataset.cache_size = (224, 224)
-  # Where decoded images are cached ('' = DIR/cache).
+  # Where decoded images are cached ('' = <dataset root>/.fmn_jax_cache when writable, else
+  # ~/.cache/fmn_jax/decoded).
   config.dataset.cache_dir = ''
   config.dataset.skip_unreadable = False
   config.dataset.tfds_dir = ''
@@ -103,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.fmn.lr = 0.1
   # Learning rate of the new layers (mixing network, LAN classifier); None = same as `lr`.
   config.fmn.lr_head = ml_collections.config_dict.placeholder(float)
+  # Learning rate of the mixing network alone; None = lr_head (or lr). Its input, the GRN feature
+  # g, is not normalised, so its gradients grow with |g|^2 (about 500 for an ImageNet ResNet-50).
+  config.fmn.lr_mn = ml_collections.config_dict.placeholder(float)
   config.fmn.decay_epochs = (35,)
   config.fmn.decay_factor = 0.1
   config.fmn.momentum = 0.9

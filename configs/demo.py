@@ -44,7 +44,8 @@ def get_config(variant: str = ''):
   config.model.pretrained = ''     # random initialisation
 
   # From random initialisation the paper's lr 0.1 with no warm-up diverges in the first epoch
-  # (measured: loss 3.9 -> 8.8); 0.05 with a 2-epoch linear warm-up trains steadily.
+  # (measured on a 50-identity version with the 50-layer network: mean loss 7.7 in epoch 1,
+  # ln 50 = 3.9); 0.05 with a 2-epoch linear warm-up trains steadily.
   for stage in (config.grn, config.fmn):
     stage.epochs = 20
     stage.batch_size = 32

@@ -23,10 +23,13 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-config_flags.DEFINE_config_file(
-    'config', None, 'Training configuration file (configs/*.py).', lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+
+def define_flags() -> None:
+  """--config and --workdir (defined when run as a command, so importing this module is free)."""
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+  config_flags.DEFINE_config_file(
+      'config', None, 'Training configuration file (configs/*.py).', lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _load_config_file(spec: str):
@@ -116,4 +119,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=parse_flags)

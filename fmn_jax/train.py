@@ -123,6 +123,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_positive(f'{stage}.lr', c.lr)
     if c.lr_head is not None:
       _check_positive(f'{stage}.lr_head', c.lr_head)
+    if c.get('lr_mn') is not None:
+      _check_positive(f'{stage}.lr_mn', c.lr_mn)
     _check_positive(f'{stage}.momentum', c.momentum, allow_zero=True)
     _check_positive(f'{stage}.weight_decay', c.weight_decay, allow_zero=True)
     _check_positive(f'{stage}.decay_factor', c.decay_factor)
@@ -217,15 +219,16 @@ def lr_schedule(stage_config: ml_collections.ConfigDict, steps_per_epoch: int,
   return schedule
 
 
-def param_labels(params: Any) -> Any:
+def param_labels(params: Any, separate_mn: bool = False) -> Any:
   """'head' for new layers (classifiers 'fc', the mixing network 'mn'), 'backbone' otherwise.
 
-  `params` is a trainable subtree: the GRN tree (stage 1) or {'mn', 'lan'} (stage 2).
+  `params` is a trainable subtree: the GRN tree (stage 1) or {'mn', 'lan'} (stage 2). With
+  `separate_mn` the mixing network is labelled 'mn'.
   """
   def label(path, _):
     keys = [getattr(k, 'key', getattr(k, 'name', str(k))) for k in path]
     if keys and keys[0] == 'mn':
-      return 'head'
+      return 'mn' if separate_mn else 'head'
     # The classifier is the top-level 'fc' of the GRN ResNet or of the LAN.
     if keys and keys[0] == 'fc' or (len(keys) > 1 and keys[0] == 'lan' and keys[1] == 'fc'):
       return 'head'
@@ -243,17 +246,26 @@ def make_optimizer(stage_config: ml_collections.ConfigDict,
   """SGD with momentum and coupled weight decay (as PyTorch SGD / the paper's MatConvNet).
 
   update = -lr(step) * momentum_trace(grad + weight_decay * kernel); with `lr_head` set, the new
-  layers (`param_labels`) use their own rate with the same steps. optimizer='adam' replaces the
+  layers (`param_labels`) use their own rate with the same steps, and with `lr_mn` (stage 2) the
+  mixing network its own (its input g is not normalised, so its gradients scale with |g|^2).
+  optimizer='adam' replaces the
   momentum trace by Adam's scaling (L2 weight decay as PyTorch Adam).
   """
   def scaled(lr):
     return optax.scale_by_learning_rate(lr_schedule(stage_config, steps_per_epoch, lr))
-  if stage_config.lr_head is None:
+  rates = {'backbone': stage_config.lr}
+  if stage_config.lr_head is not None:
+    rates['head'] = stage_config.lr_head
+  lr_mn = stage_config.get('lr_mn')
+  if lr_mn is not None:
+    rates['mn'] = lr_mn
+  if len(rates) == 1:
     lr_part = scaled(stage_config.lr)
   else:
+    rates.setdefault('head', stage_config.lr)
     lr_part = optax.multi_transform(
-        {'backbone': scaled(stage_config.lr), 'head': scaled(stage_config.lr_head)},
-        param_labels)
+        {k: scaled(v) for k, v in rates.items()},
+        functools.partial(param_labels, separate_mn=lr_mn is not None))
   if stage_config.optimizer == 'adam':
     direction = optax.scale_by_adam()
   else:
@@ -632,6 +644,8 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
   schedules = {'lr': lr_schedule(stage_cfg, spe, stage_cfg.lr)}
   if stage_cfg.lr_head is not None:
     schedules['lr_head'] = lr_schedule(stage_cfg, spe, stage_cfg.lr_head)
+  if stage_cfg.get('lr_mn') is not None:
+    schedules['lr_mn'] = lr_schedule(stage_cfg, spe, stage_cfg.lr_mn)
   watch = _LossWatch(stage, spe)
   main = parallel.is_main_process()
   log.write('stage_start', stage, start, total_steps=total, steps_per_epoch=spe,

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -56,18 +58,17 @@ def test_bad_config_value_is_an_error_naming_key_and_value(tmp_path, override, k
 
 
 @pytest.fixture(scope='module')
-def demo_run(tmp_path_factory):
-  """The CI variant of the demo, end to end: synthetic data, stage 1, stage 2, evaluation."""
+def demo_run(tiny_run, tmp_path_factory):
+  """The suite's end-to-end run of the demo's CI variant (conftest `tiny_run`: synthetic data,
+  stage 1, stage 2, evaluation), and a copy of it for tests that rewrite files."""
   tmp = tmp_path_factory.mktemp('demo_ci')
-  workdir = tmp / 'run'
-  result = _run(['-m', 'fmn_jax.main', f'--config={DEMO}:ci', f'--workdir={workdir}',
-                 '--config.progress=False'], tmp)
-  assert result.returncode == 0, result.stderr[-4000:]
-  return workdir, result, tmp
+  copy = tmp / 'run'
+  shutil.copytree(tiny_run['workdir'], copy)
+  return pathlib.Path(tiny_run['workdir']), copy, tmp
 
 
 def test_demo_end_to_end(demo_run):
-  workdir, result, _ = demo_run
+  workdir, _, _ = demo_run
   results = json.load(open(workdir / 'results.json'))
   for method in reporting.METHODS:
     assert SUMMARY_KEYS <= set(results[method]), method
@@ -77,10 +78,6 @@ def test_demo_end_to_end(demo_run):
   assert set(results['stage_seconds']) == {'grn', 'fmn', 'eval'}
   assert results['config']['model']['width'] == 8
   assert results['num_train_ids'] == 10 and results['devices']['count'] >= 1
-  # The printed table.
-  assert 'FMN+rerank' in result.stdout and 'mAP(trap)' in result.stdout
-  fmn_row = next(l for l in result.stdout.splitlines() if l.startswith('FMN '))
-  assert f'{results["FMN"]["rank1"]:.2f}' in fmn_row
   # Logs and curves for both stages.
   records = reporting.read_jsonl(str(workdir / 'log.jsonl'))
   epochs = reporting.epoch_records(records)
@@ -90,8 +87,8 @@ def test_demo_end_to_end(demo_run):
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['fmn', 'grn']
 
 
-def test_rerun_is_a_no_op_and_evaluate_rewrites_results(demo_run):
-  workdir, _, tmp = demo_run
+def test_evaluate_rewrites_results_and_rerun_only_evaluates(demo_run):
+  _, workdir, tmp = demo_run
   before = json.load(open(workdir / 'results.json'))
   # Re-evaluation from the checkpoint, without re-ranking: FMN+rerank disappears, the rest stays.
   result = _run(['-m', 'fmn_jax.evaluate', f'--workdir={workdir}', '--norerank',
@@ -105,7 +102,8 @@ def test_rerun_is_a_no_op_and_evaluate_rewrites_results(demo_run):
   assert after['stage_seconds']['grn'] == before['stage_seconds']['grn']
   header = result.stdout.splitlines()[0]
   assert 'mAP(trap)' in header and ' mAP ' not in header
-  # The main command again: both stages are complete, so only the evaluation runs.
+  # The main command again: both stages are complete, so only the evaluation runs; it prints
+  # the results table.
   n_records = len(reporting.read_jsonl(str(workdir / 'log.jsonl')))
   result = _run(['-m', 'fmn_jax.main', f'--config={DEMO}:ci', f'--workdir={workdir}',
                  '--config.progress=False'], tmp)
@@ -115,7 +113,9 @@ def test_rerun_is_a_no_op_and_evaluate_rewrites_results(demo_run):
   again = json.load(open(workdir / 'results.json'))
   assert again['FMN+rerank'] == pytest.approx(before['FMN+rerank'])
   assert again['stage_seconds']['fmn'] == before['stage_seconds']['fmn']
-
+  assert 'FMN+rerank' in result.stdout and 'mAP(trap)' in result.stdout
+  fmn_row = next(l for l in result.stdout.splitlines() if l.startswith('FMN '))
+  assert f'{again["FMN"]["rank1"]:.2f}' in fmn_row
 
 def test_run_log_jsonl_and_tensorboard(tmp_path):
   log = reporting.RunLog(str(tmp_path), tensorboard=True)
@@ -138,3 +138,20 @@ def test_run_log_jsonl_and_tensorboard(tmp_path):
   acc.Reload()
   assert [(e.step, e.value) for e in acc.Scalars('grn/epoch/loss')] == [
       (12, 2.5), (24, 1.5), (24, 1.25)]
+
+
+@pytest.mark.parametrize('spec', ['market.py', 'market.py:paper', 'duke.py', 'cuhk03_labeled.py',
+                                  'cuhk03_detected.py', 'msmt17.py', 'folder.py', 'demo.py',
+                                  'demo.py:ci'])
+def test_every_config_loads_and_validates(spec):
+  from fmn_jax import main  # pylint: disable=g-import-not-at-top
+  from fmn_jax import train  # pylint: disable=g-import-not-at-top
+  config = main._load_config_file(os.path.join(REPO, 'configs', spec))  # pylint: disable=protected-access
+  if spec == 'folder.py':
+    with pytest.raises(ValueError, match='config.dataset.root'):
+      train.validate_config(config)
+    config.dataset.root = '/data/mine'
+  train.validate_config(config)
+  if spec == 'market.py':
+    assert (config.grn.lr, config.grn.lr_head, config.grn.decay_epochs) == (0.01, 0.1, (20,))
+    assert (config.fmn.decay_epochs, config.fmn.momentum) == ((35,), 0.9)
