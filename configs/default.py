@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.grn = ml_collections.ConfigDict()
   # Not in the paper ("until the network converges"): 10 epochs after the lr step at 20.
   config.grn.epochs = 30
-  # Not in the paper: 64 as in the measured fine-tune recipe (shared/gpu.md).
+  # Not in the paper: 64 as in the measured fine-tune recipe (README, "Reproducing the paper").
   config.grn.batch_size = 64
   # Paper: lr 0.1, x0.1 after 20 epochs, SGD momentum 0.9.
   config.grn.lr = 0.1
@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.grn.optimizer = 'sgd'
   # Linear warm-up from lr/10 (not in the paper: 0).
   config.grn.warmup_epochs = 0.0
-  # Not in the paper: 5e-4, the usual value for ResNet-50 re-id fine-tuning (and shared/gpu.md).
+  # Not in the paper: 5e-4, the usual value for ResNet-50 re-id fine-tuning (and the measured recipe in the README).
   # Applied to kernels only (conv and dense weights), not to biases or BatchNorm scale/offset.
   config.grn.weight_decay = 5e-4
 

@@ -7,7 +7,7 @@ Learning rate: the paper trains with lr 0.1 (x0.1 after 20 epochs for the GRN, a
 LAN). That is a MatConvNet figure; applied unchanged to every layer of a pretrained ResNet-50 with a
 mean-reduced loss it is too large for the backbone. This config keeps 0.1 and the paper's steps for
 the NEW layers (identity classifiers, mixing network: `lr_head`) and uses 0.01 for the pretrained
-layers (`lr`), the split of the measured fine-tune recipe in shared/gpu.md (GRN alone: rank-1
+layers (`lr`), the split of a measured plain fine-tune recipe (README, "Reproducing the paper"; GRN alone: rank-1
 81.7, mAP 61.9 on Market). `--config=configs/market.py:paper` uses 0.1 for every layer instead.
 """
 
