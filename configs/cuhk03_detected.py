@@ -4,27 +4,13 @@
         --config.dataset.root=~/data/cuhk03-np
 """
 
-import importlib.util
 import os
+import runpy
 
-
-def _default():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default.py')
-  spec = importlib.util.spec_from_file_location('fmn_configs_default', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _recipe(config):
-  """Backbone lr 0.01, new layers 0.1 (see configs/market.py for why)."""
-  config.grn.lr, config.grn.lr_head = 0.01, 0.1
-  config.fmn.lr, config.fmn.lr_head = 0.01, 0.1
-  return config
+_DEFAULT = runpy.run_path(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default.py'))
 
 
 def get_config():
-  config = _recipe(_default().get_config())
-  config.dataset.name = 'cuhk03_detected'
-  config.dataset.root = '~/data/cuhk03-np'
+  config = _DEFAULT['dataset_config']('cuhk03_detected', '~/data/cuhk03-np')
   return config

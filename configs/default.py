@@ -140,3 +140,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.keep = 3
 
   return config
+
+
+def dataset_config(name: str, root: str) -> ml_collections.ConfigDict:
+  """The defaults for dataset `name` at `root`, with the fine-tune learning rates.
+
+  Backbone (pretrained) layers lr 0.01, new layers (classifiers, mixing network) lr 0.1 with the
+  paper's steps: see configs/market.py for why.
+  """
+  config = get_config()
+  config.dataset.name = name
+  config.dataset.root = root
+  config.grn.lr, config.grn.lr_head = 0.01, 0.1
+  config.fmn.lr, config.fmn.lr_head = 0.01, 0.1
+  return config

@@ -8,23 +8,18 @@ random initialisation; give `--config.model.pretrained=imagenet` (and width 64) 
 ImageNet weights. Chance rank-1 is 1/num_test_ids.
 """
 
-import importlib.util
 import os
+import runpy
 
 import ml_collections
 
-
-def _default():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default.py')
-  spec = importlib.util.spec_from_file_location('fmn_configs_default', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_DEFAULT = runpy.run_path(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default.py'))
 
 
 def get_config(variant: str = ''):
   """Demo config; variant 'ci' is a much smaller end-to-end run for the test-suite."""
-  config = _default().get_config()
+  config = _DEFAULT['get_config']()
   config.dataset.name = 'synthetic'
   config.dataset.root = ''   # '' = DIR/data
   config.dataset.cache_size = (64, 32)

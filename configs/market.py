@@ -11,28 +11,19 @@ layers (`lr`), the split of a measured plain fine-tune recipe (README, "Reproduc
 81.7, mAP 61.9 on Market). `--config=configs/market.py:paper` uses 0.1 for every layer instead.
 """
 
-import importlib.util
 import os
+import runpy
 
-
-def _default():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default.py')
-  spec = importlib.util.spec_from_file_location('fmn_configs_default', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_DEFAULT = runpy.run_path(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'default.py'))
 
 
 def get_config(variant: str = ''):
   """Market-1501 config; variant 'paper' sets lr 0.1 for all layers."""
-  config = _default().get_config()
-  config.dataset.name = 'market1501'
-  config.dataset.root = '~/data/Market-1501-v15.09.15'
+  config = _DEFAULT['dataset_config']('market1501', '~/data/Market-1501-v15.09.15')
   if variant == 'paper':
-    config.grn.lr, config.fmn.lr = 0.1, 0.1
+    config.grn.lr, config.grn.lr_head = 0.1, None
+    config.fmn.lr, config.fmn.lr_head = 0.1, None
   elif variant:
     raise ValueError(f"configs/market.py: unknown variant {variant!r} (expected '' or 'paper')")
-  else:
-    config.grn.lr, config.grn.lr_head = 0.01, 0.1
-    config.fmn.lr, config.fmn.lr_head = 0.01, 0.1
   return config
