@@ -9,9 +9,11 @@
 # MASKS (env, default "pool1"): mask layers to run, e.g. MASKS="pool1 res2 res3 res4" for the
 #              Table 5 ablation. pool1 writes results/market_fmn.json, every layer also writes
 #              results/market_mask_<layer>.json. Stage 1 (GRN) is trained once and shared.
+# RESULTS (env, default results/): where the JSON files go (e.g. results/cpu_check for checks on
+#              a subset, so they are never mistaken for the full reproduction).
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,13p' "$0"; exit 2
+  sed -n '2,15p' "$0"; exit 2
 fi
 ROOT=$1; WEIGHTS=$2; WORK=${3:-workdir_market}
 shift $(( $# >= 3 ? 3 : 2 ))
@@ -19,7 +21,8 @@ shift $(( $# >= 3 ? 3 : 2 ))
 EXTRA=("$@")
 MASKS=${MASKS:-pool1}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$HERE/results"
+RESULTS=${RESULTS:-$HERE/results}
+mkdir -p "$RESULTS"
 
 [ -d "$ROOT/bounding_box_train" ] || { echo "error: $ROOT/bounding_box_train not found" >&2; exit 2; }
 [ -e "$WEIGHTS" ] || { echo "error: weights $WEIGHTS not found" >&2; exit 2; }
@@ -38,7 +41,7 @@ for layer in $MASKS; do
   cp -r "$WORK/grn/checkpoints/grn" "$wd/checkpoints/grn"
   python -m fmn_jax.main "${common[@]}" --workdir="$wd" --config.model.mask_layer="$layer" \
     --config.stages=fmn,eval
-  python - "$wd" "$layer" "$HERE/results" "$WORK/grn" <<'PY'
+  python - "$wd" "$layer" "$RESULTS" "$WORK/grn" <<'PY'
 import json, os, sys
 import jax
 wd, layer, out, grn_wd = sys.argv[1:5]
