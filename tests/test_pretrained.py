@@ -133,6 +133,25 @@ def caffe_bgr(images_uint8):
 # Tiny synthetic weights (width 8) in each layout.
 
 
+def resnet50_units(width):
+  """(key, kernel size, in channels, out channels) of every conv + BN unit of a ResNet-50.
+
+  key is 'stem' or (stage 2..5, block, j) with j = 1, 2, 3 for the bottleneck convs and 0 for the
+  projection shortcut; the last unit outputs 32 * width channels.
+  """
+  yield 'stem', 7, 3, width
+  cin = width
+  for idx, (s, blocks) in enumerate(zip(range(2, 6), STAGES)):
+    f = width * 2**idx
+    for i in range(blocks):
+      yield (s, i, 1), 1, cin, f
+      yield (s, i, 2), 3, f, f
+      yield (s, i, 3), 1, f, 4 * f
+      if i == 0:
+        yield (s, i, 0), 1, cin, 4 * f
+      cin = 4 * f
+
+
 def tiny_keras_tensors(width=8, num_classes=10, seed=0):
   rng = np.random.default_rng(seed)
   tensors = {}
@@ -147,17 +166,9 @@ def tiny_keras_tensors(width=8, num_classes=10, seed=0):
     tensors[f'{bn}/moving_mean'] = rng.normal(0, 0.3, cout)
     tensors[f'{bn}/moving_variance'] = rng.uniform(0.5, 2.0, cout)
 
-  unit('stem', 7, 3, width)
-  cin = width
-  for idx, (s, blocks) in enumerate(zip(range(2, 6), STAGES)):
-    f = width * 2**idx
-    for i in range(blocks):
-      unit((s, i, 1), 1, cin, f)
-      unit((s, i, 2), 3, f, f)
-      unit((s, i, 3), 1, f, 4 * f)
-      if i == 0:
-        unit((s, i, 0), 1, cin, 4 * f)
-      cin = 4 * f
+  for args in resnet50_units(width):
+    unit(*args)
+  cin = 32 * width
   tensors['fc1000/kernel'] = rng.normal(0, 0.05, (cin, num_classes))
   tensors['fc1000/bias'] = rng.normal(0, 0.1, num_classes)
   return {k: v.astype(np.float32) for k, v in tensors.items()}
@@ -242,17 +253,9 @@ def tiny_torch_state(width=8, num_classes=10, seed=1):
     state[f'{bn}.running_var'] = rng.uniform(0.5, 2.0, cout)
     state[f'{bn}.num_batches_tracked'] = np.array(1000, np.int64)
 
-  unit('stem', 7, 3, width)
-  cin = width
-  for idx, (s, blocks) in enumerate(zip(range(2, 6), STAGES)):
-    f = width * 2**idx
-    for i in range(blocks):
-      unit((s, i, 1), 1, cin, f)
-      unit((s, i, 2), 3, f, f)
-      unit((s, i, 3), 1, f, 4 * f)
-      if i == 0:
-        unit((s, i, 0), 1, cin, 4 * f)
-      cin = 4 * f
+  for args in resnet50_units(width):
+    unit(*args)
+  cin = 32 * width
   state['fc.weight'] = rng.normal(0, 0.05, (num_classes, cin))
   state['fc.bias'] = rng.normal(0, 0.1, num_classes)
   return {k: v if v.dtype == np.int64 else v.astype(np.float32) for k, v in state.items()}

@@ -76,7 +76,7 @@ def cache_path(split: datasets.Split, size: tuple, cache_dir: Optional[str] = No
   paths = list(split.paths)
   if not paths:
     raise ValueError('cannot cache an empty split')
-  size = _check_size(size)
+  size = check_size(size)
   cache_dir = cache_dir or default_cache_dir(paths)
   common = os.path.commonpath([os.path.abspath(p) for p in paths])
   prefix = os.path.basename(common if os.path.isdir(common) else os.path.dirname(common))
@@ -85,13 +85,14 @@ def cache_path(split: datasets.Split, size: tuple, cache_dir: Optional[str] = No
   return os.path.join(cache_dir, f'{prefix}_{len(paths)}x{size[0]}x{size[1]}_{key}.npy')
 
 
-def _check_size(size) -> tuple:
+def check_size(size, name: str = 'size') -> tuple:
+  """(height, width) as two positive ints; a ValueError naming `name` and the value otherwise."""
   try:
     h, w = (int(v) for v in size)
   except (TypeError, ValueError) as e:
-    raise ValueError(f'size must be (height, width), got {size!r}') from e
+    raise ValueError(f'{name} must be (height, width), got {size!r}') from e
   if h <= 0 or w <= 0:
-    raise ValueError(f'size must be positive (height, width), got {size!r}')
+    raise ValueError(f'{name} must be positive (height, width), got {size!r}')
   return h, w
 
 
@@ -144,7 +145,7 @@ def _decode_into(out: np.ndarray, paths: Sequence[str], size: tuple, progress: b
 
 def decode_paths(paths: Sequence[str], size: tuple, progress: bool = False) -> np.ndarray:
   """Decodes `paths` into an in-memory uint8 array [N, H, W, 3] (no cache)."""
-  size = _check_size(size)
+  size = check_size(size)
   out = np.empty((len(paths), size[0], size[1], 3), np.uint8)
   _decode_into(out, list(paths), size, progress, 'decode')
   return out
@@ -178,7 +179,7 @@ def decode_split(split: datasets.Split, size: tuple, cache_dir: Optional[str] = 
   paths = list(split.paths)
   if not paths:
     raise ValueError('cannot decode an empty split')
-  size = _check_size(size)
+  size = check_size(size)
   path = cache_path(split, size, cache_dir)
   shape = (len(paths), size[0], size[1], 3)
   arr = _open_cached(path, shape)

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmn_jax.data import cache
+
 NORMALIZATIONS = ('caffe_bgr', 'imagenet_rgb')
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
@@ -42,13 +44,7 @@ ERASE_ATTEMPTS = 10
 
 
 def _size_tuple(image_size) -> Tuple[int, int]:
-  try:
-    h, w = (int(v) for v in image_size)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f'image_size must be (height, width), got {image_size!r}') from e
-  if h <= 0 or w <= 0:
-    raise ValueError(f'image_size must be positive, got {image_size!r}')
-  return h, w
+  return cache.check_size(image_size, 'image_size')
 
 
 def _check_mode(mode: str) -> str:

@@ -165,7 +165,7 @@ def read_decoded(tfds_dir: str, size, *, name: Optional[str] = None,
   .fmn_jax_cache if writable, else ~/.cache/fmn_jax/decoded), keyed by the builder's files.
   Split paths are the file names relative to the release (the images live in the records).
   """
-  size = cache._check_size(size)  # pylint: disable=protected-access
+  size = cache.check_size(size)
   builder_dir = find_builder_dir(tfds_dir, name)
   with open(os.path.join(builder_dir, 'dataset_info.json'), encoding='utf-8') as f:
     info = json.load(f)
