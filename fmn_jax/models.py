@@ -222,6 +222,24 @@ class MixingNetwork(nn.Module):
     return jnp.exp(m).reshape(g.shape[0], height, width)
 
 
+def mask_statistics(mask: jnp.ndarray, max_log_mask: float = 10.0) -> dict:
+  """Batch-mean diagnostics of MN masks [B, h, w] (float32 scalars), for the training log.
+
+  mask_mean: the mean mask value. mask_dead: the fraction of positions whose pre-exp value is
+  clipped by the ReLU (mask exactly 1: no gradient reaches those MN units for this image).
+  mask_saturated: the fraction at the `max_log_mask` clamp (no gradient either). mask_log_std:
+  the spatial standard deviation of log(mask) per image, averaged (0 = a uniform mask; a mask
+  that is 1 on half the image and e^10 on the other half gives 5).
+  """
+  log_mask = jnp.log(mask.astype(jnp.float32))
+  return {
+      'mask_mean': jnp.mean(mask),
+      'mask_dead': jnp.mean((log_mask <= 0).astype(jnp.float32)),
+      'mask_saturated': jnp.mean((log_mask >= max_log_mask * (1 - 1e-6)).astype(jnp.float32)),
+      'mask_log_std': jnp.mean(jnp.std(log_mask.reshape(log_mask.shape[0], -1), axis=1)),
+  }
+
+
 class LocallyAttentiveNetwork(nn.Module):
   """LAN: the ResNet stages after `mask_layer` (own parameters) + global pool + classifier."""
   num_classes: int

@@ -196,6 +196,9 @@ class FmnMetrics(clu_metrics.Collection):
   accuracy: clu_metrics.Average.from_output('accuracy')
   accuracy_grn: clu_metrics.Average.from_output('accuracy_grn')
   mask_mean: clu_metrics.Average.from_output('mask_mean')
+  mask_dead: clu_metrics.Average.from_output('mask_dead')
+  mask_saturated: clu_metrics.Average.from_output('mask_saturated')
+  mask_log_std: clu_metrics.Average.from_output('mask_log_std')
 
 
 def lr_schedule(stage_config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -331,7 +334,7 @@ def fmn_loss_fn(model: models.FMN, margin: float, rank_weight: float) -> Callabl
     aux = {'cross_entropy': ce, 'ranking_loss': rank,
            'accuracy': losses.accuracy(logits_l, labels),
            'accuracy_grn': losses.accuracy(logits_g, labels),
-           'mask_mean': jnp.mean(out['mask'])}
+           **models.mask_statistics(out['mask'], model.max_log_mask)}
     return loss, (aux, new_vars['batch_stats'])
   return loss_fn
 

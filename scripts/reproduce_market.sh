@@ -9,17 +9,19 @@
 # MASKS (env, default "pool1"): mask layers to run, e.g. MASKS="pool1 res2 res3 res4" for the
 #              Table 5 ablation. pool1 writes results/market_fmn.json, every layer also writes
 #              results/market_mask_<layer>.json. Stage 1 (GRN) is trained once and shared.
+# PYTHON (env, default python3): the interpreter.
 # RESULTS (env, default results/): where the JSON files go (e.g. results/cpu_check for checks on
 #              a subset, so they are never mistaken for the full reproduction).
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,15p' "$0"; exit 2
+  sed -n '2,14p' "$0"; exit 2
 fi
 ROOT=$1; WEIGHTS=$2; WORK=${3:-workdir_market}
 shift $(( $# >= 3 ? 3 : 2 ))
 [ "${1:-}" = "--" ] && shift
 EXTRA=("$@")
 MASKS=${MASKS:-pool1}
+PY=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 RESULTS=${RESULTS:-$HERE/results}
 mkdir -p "$RESULTS"
@@ -31,7 +33,7 @@ common=(--config="$HERE/configs/market.py" --config.dataset.root="$ROOT"
         --config.model.pretrained="$WEIGHTS" "${EXTRA[@]}")
 
 # Stage 1 once; every mask layer reuses the same GRN checkpoint.
-python -m fmn_jax.main "${common[@]}" --workdir="$WORK/grn" --config.stages=grn
+"$PY" -m fmn_jax.main "${common[@]}" --workdir="$WORK/grn" --config.stages=grn
 
 for layer in $MASKS; do
   wd="$WORK/mask_$layer"
@@ -39,9 +41,9 @@ for layer in $MASKS; do
   # Stage 2 + evaluation starting from the shared stage-1 checkpoint.
   rm -rf "$wd/checkpoints/grn"; mkdir -p "$wd/checkpoints"
   cp -r "$WORK/grn/checkpoints/grn" "$wd/checkpoints/grn"
-  python -m fmn_jax.main "${common[@]}" --workdir="$wd" --config.model.mask_layer="$layer" \
+  "$PY" -m fmn_jax.main "${common[@]}" --workdir="$wd" --config.model.mask_layer="$layer" \
     --config.stages=fmn,eval
-  python - "$wd" "$layer" "$RESULTS" "$WORK/grn" <<'PY'
+  "$PY" - "$wd" "$layer" "$RESULTS" "$WORK/grn" <<'PY'
 import json, os, sys
 import jax
 wd, layer, out, grn_wd = sys.argv[1:5]

@@ -200,6 +200,24 @@ def test_mask_stays_finite_for_huge_g(tiny_fmn):
                              rtol=1e-6)
 
 
+
+def test_mask_statistics_known_masks():
+  # Image 0: half the positions at 1 (dead), half at e^10 (saturated). Image 1: uniform e^2.
+  log_mask = np.zeros((2, 4, 2), np.float32)
+  log_mask[0, :2] = 10.0
+  log_mask[1] = 2.0
+  stats = {k: float(v) for k, v in models.mask_statistics(jnp.exp(log_mask), 10.0).items()}
+  assert set(stats) == {'mask_mean', 'mask_dead', 'mask_saturated', 'mask_log_std'}
+  np.testing.assert_allclose(stats['mask_mean'], (0.5 + 0.5 * np.exp(10) + np.exp(2)) / 2,
+                             rtol=1e-5)
+  np.testing.assert_allclose(stats['mask_dead'], 0.25)
+  np.testing.assert_allclose(stats['mask_saturated'], 0.25)
+  np.testing.assert_allclose(stats['mask_log_std'], (5.0 + 0.0) / 2, atol=1e-5)
+  # A fresh MN (mask about 1.01 everywhere): nothing dead, nothing saturated, no contrast.
+  fresh = models.mask_statistics(jnp.full((3, 8, 4), np.exp(0.01), jnp.float32))
+  assert float(fresh['mask_dead']) == 0 and float(fresh['mask_saturated']) == 0
+  assert float(fresh['mask_log_std']) < 1e-6
+
 def test_changing_the_mask_changes_l_not_g(tiny_fmn):
   model, variables, x = tiny_fmn
   out = model.apply(variables, x)

@@ -1,0 +1,56 @@
+"""The reproduction scripts in scripts/: argument checks, and the lr_mn study on the suite's run."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_reproduce_market_names_a_missing_root(tmp_path):
+  weights = tmp_path / 'w.npz'
+  weights.write_bytes(b'')
+  proc = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'reproduce_market.sh'),
+                         str(tmp_path / 'nowhere'), str(weights), str(tmp_path / 'work')],
+                        capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert f'{tmp_path}/nowhere/bounding_box_train not found' in proc.stderr
+  usage = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'reproduce_market.sh')],
+                         capture_output=True, text=True)
+  assert usage.returncode == 2 and 'MASKS' in usage.stdout and 'set -e' not in usage.stdout
+
+
+def test_mask_lr_study_on_the_suite_run(tiny_run, tmp_path):
+  out = tmp_path / 'study.json'
+  run = tiny_run['workdir']
+  cmd = [sys.executable, os.path.join(REPO, 'scripts', 'mask_lr_study.py'),
+         f'--grn_workdir={run}', f'--work={tmp_path / "work"}', '--lr_mn=1e-3', f'--out={out}',
+         '--', f'--config={REPO}/configs/demo.py:ci', f'--config.dataset.root={run}/data',
+         '--config.progress=false', '--config.eval.rerank=false']
+  subprocess.run(cmd, env=tiny_run['env'], cwd=REPO, check=True)
+  study = json.loads(out.read_text())
+  (value, result), = study['runs'].items()
+  assert value == '1e-3'
+  first = result['epochs'][0]
+  assert abs(first['lr_mn'] - 1e-3) < 1e-9 and first['epoch'] == 1
+  for key in ('mask_mean', 'mask_dead', 'mask_saturated', 'mask_log_std'):
+    assert all(key in e for e in result['epochs'])
+  assert 0.0 <= first['mask_dead'] <= 1.0 and first['mask_mean'] >= 1.0
+  assert set(result['metrics']) == {'GRN', 'LAN', 'FMN'}
+  assert 0.0 <= result['metrics']['FMN']['rank1'] <= 100.0
+  # Stage 2 started from the suite run's stage-1 checkpoint: the GRN rows agree.
+  with open(os.path.join(run, 'results.json')) as f:
+    grn = json.load(f)['GRN']
+  assert abs(result['metrics']['GRN']['mAP'] - grn['mAP']) < 1e-6
+  # A second call finds the finished run and only rewrites the summary.
+  again = subprocess.run(cmd, env=tiny_run['env'], cwd=REPO, check=True, capture_output=True,
+                         text=True)
+  assert '+ ' not in again.stdout and json.loads(out.read_text()) == study
+
+
+def test_mask_lr_study_needs_a_stage1_run(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'mask_lr_study.py'),
+                         f'--grn_workdir={tmp_path}', f'--work={tmp_path}/w', f'--out={tmp_path}/o'],
+                        capture_output=True, text=True)
+  assert proc.returncode == 2 and 'checkpoints/grn not found' in proc.stderr
