@@ -22,9 +22,17 @@
 #   call 3.., the Table 5 ablation (stage 1 is found complete and reused):
 #     export PYTHONPATH=/tmp/site && MASKS="res2 res3 res4" RESULTS=$OUT timeout 570 bash \
 #       scripts/reproduce_market.sh /tmp/data/Market-1501-v15.09.15 /tmp/data/resnet50_imagenet_f16.npz /tmp/work
-#   last call: export PYTHONPATH=/tmp/site && python3 -m fmn_jax.benchmark --what=all \
+#   next: export PYTHONPATH=/tmp/site && python3 -m fmn_jax.benchmark --what=all \
 #       --out=$OUT/benchmark_h100.json
-# Then copy the returned JSON files into results/ here and commit them.
+#   if device time is left, the mixing network's rate on the full data (README, "The mixing
+#   network's learning rate"; the 1e-4 run is the pool1 run above):
+#     export PYTHONPATH=/tmp/site && timeout 570 python3 scripts/mask_lr_study.py \
+#       --grn_workdir=/tmp/work/grn --work=/tmp/study --lr_mn=1e-6,0.1,1e-3 \
+#       --out=$OUT/market_mask_lr_study.json -- --config=configs/market.py \
+#       --config.dataset.root=/tmp/data/Market-1501-v15.09.15 \
+#       --config.model.pretrained=/tmp/data/resnet50_imagenet_f16.npz --config.progress=false
+# Then copy the returned JSON files into results/ here and commit them. Order of importance, for a
+# 30-minute device budget: call 2 (results/market_fmn.json), the benchmark, the ablation, the study.
 set -euo pipefail
 ROOT=${1:?usage: pack_for_gpu.sh MARKET_ROOT [WEIGHTS]}
 HERE=$(cd "$(dirname "$0")/.." && pwd)

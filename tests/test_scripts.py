@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -54,3 +56,36 @@ def test_mask_lr_study_needs_a_stage1_run(tmp_path):
                          f'--grn_workdir={tmp_path}', f'--work={tmp_path}/w', f'--out={tmp_path}/o'],
                         capture_output=True, text=True)
   assert proc.returncode == 2 and 'checkpoints/grn not found' in proc.stderr
+
+
+def test_market_subset_picks_by_sorted_name(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, 'scripts'))
+  try:
+    import market_subset  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  root = tmp_path / 'market'
+  names = {'bounding_box_train': ['0002_c1s1_000001_01.jpg', '0002_c2s1_000002_01.jpg',
+                                  '0007_c1s1_000003_01.jpg', '0010_c1s1_000004_01.jpg'],
+           'query': ['0001_c1s1_000005_00.jpg', '0003_c2s1_000006_00.jpg',
+                     '0005_c1s1_000007_00.jpg'],
+           'bounding_box_test': ['-1_c1s1_000008_01.jpg', '-1_c1s1_000009_01.jpg',
+                                 '0000_c1s1_000010_01.jpg', '0000_c1s1_000011_01.jpg',
+                                 '0001_c3s1_000012_01.jpg', '0003_c1s1_000013_01.jpg',
+                                 '0005_c1s1_000014_01.jpg']}
+  for split, files in names.items():
+    (root / split).mkdir(parents=True)
+    for n in files:
+      (root / split / n).write_bytes(n.encode())
+  (root / 'query' / 'Thumbs.db').write_bytes(b'')
+  counts = market_subset.make_subset(str(root), str(tmp_path / 'out'), train_ids=2, test_ids=2,
+                                     distractors=1, junk=1)
+  assert counts == {'bounding_box_train': 3, 'query': 2, 'bounding_box_test': 4}
+  listing = {s: sorted(os.listdir(tmp_path / 'out' / s)) for s in names}
+  assert listing['bounding_box_train'] == names['bounding_box_train'][:3]
+  assert listing['query'] == names['query'][:2]
+  assert listing['bounding_box_test'] == sorted(['-1_c1s1_000008_01.jpg', '0000_c1s1_000010_01.jpg',
+                                                 '0001_c3s1_000012_01.jpg', '0003_c1s1_000013_01.jpg'])
+  assert (tmp_path / 'out' / 'query' / '0001_c1s1_000005_00.jpg').read_bytes() == b'0001_c1s1_000005_00.jpg'
+  with pytest.raises(SystemExit, match='not found'):
+    market_subset.make_subset(str(tmp_path / 'nowhere'), str(tmp_path / 'o2'))
