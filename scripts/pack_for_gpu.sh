@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pack Market-1501 and the ImageNet ResNet-50 into .devdata/ (ignored by git) so that they fit the
+# Pack Market-1501 and the ImageNet ResNet-50 into .devdata/ (in .gitignore) so that they fit the
 # lent GPU machine's 64 MiB-per-call transfer: send them in two consecutive calls while it is warm.
 #
 #   bash scripts/pack_for_gpu.sh MARKET_ROOT [WEIGHTS]
@@ -38,7 +38,6 @@ ROOT=${1:?usage: pack_for_gpu.sh MARKET_ROOT [WEIGHTS]}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 WEIGHTS=${2:-$(python -m fmn_jax.pretrained fetch)}
 mkdir -p "$HERE/.devdata"
-grep -qx '/.devdata/' "$HERE/.git/info/exclude" 2>/dev/null || echo '/.devdata/' >> "$HERE/.git/info/exclude"
 parent=$(cd "$ROOT/.." && pwd); name=$(basename "$ROOT")
 tar czf "$HERE/.devdata/market_trainquery.tgz" -C "$parent" --exclude=Thumbs.db \
   "$name/bounding_box_train" "$name/query"
