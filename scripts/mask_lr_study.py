@@ -59,10 +59,15 @@ def main(argv=None):
   grn_ckpt = os.path.join(args.grn_workdir, 'checkpoints', 'grn')
   if not os.path.isdir(grn_ckpt):
     parser.error(f'--grn_workdir: {grn_ckpt} not found (run stage 1 there first)')
+  values = [v.strip() for v in args.lr_mn.split(',') if v.strip()]
+  for value in values:
+    try:
+      if value != 'none' and float(value) <= 0:
+        raise ValueError
+    except ValueError:
+      parser.error(f"--lr_mn: {value!r} is neither a positive number nor 'none'")
   runs = {}
-  for value in [v.strip() for v in args.lr_mn.split(',') if v.strip()]:
-    if value != 'none':
-      float(value)  # a clear ValueError naming the value for a typo
+  for value in values:
     workdir = os.path.join(args.work, f'lr_mn_{value}')
     ckpts = os.path.join(workdir, 'checkpoints')
     if not os.path.exists(os.path.join(workdir, 'results.json')):

@@ -58,6 +58,15 @@ def test_mask_lr_study_needs_a_stage1_run(tmp_path):
   assert proc.returncode == 2 and 'checkpoints/grn not found' in proc.stderr
 
 
+def test_mask_lr_study_names_a_bad_rate(tmp_path):
+  (tmp_path / 'checkpoints' / 'grn').mkdir(parents=True)
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'mask_lr_study.py'),
+                         f'--grn_workdir={tmp_path}', f'--work={tmp_path}/w', '--lr_mn=1e-4,1e-4x',
+                         f'--out={tmp_path}/o'], capture_output=True, text=True)
+  assert proc.returncode == 2 and "--lr_mn: '1e-4x' is neither" in proc.stderr
+  assert not (tmp_path / 'w').exists()
+
+
 def test_market_subset_picks_by_sorted_name(tmp_path):
   sys.path.insert(0, os.path.join(REPO, 'scripts'))
   try:
