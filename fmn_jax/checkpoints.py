@@ -34,9 +34,20 @@ class StageCheckpoints:
   def all_steps(self) -> list:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any) -> None:
-    """Saves `state` as checkpoint `step` (asynchronously; see `wait`)."""
-    self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+  def save(self, step: int, state: Any, seconds: Optional[float] = None) -> None:
+    """Saves `state` as checkpoint `step` (asynchronously; see `wait`).
+
+    `seconds`: the stage's wall time up to this step, summed over the runs that trained it; kept
+    in the step's metadata (see `seconds`), so a resumed stage reports its whole time.
+    """
+    metadata = None if seconds is None else {'seconds': float(seconds)}
+    self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True,
+                       custom_metadata=metadata)
+
+  def seconds(self, step: int) -> float:
+    """The wall seconds saved with checkpoint `step`; 0.0 when it has none."""
+    metadata = self._manager.metadata(int(step))
+    return float((getattr(metadata, 'custom_metadata', None) or {}).get('seconds', 0.0))
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
     """Restores checkpoint `step` (default: latest) into the structure/shardings given.

@@ -615,7 +615,8 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
   """Trains one stage to its last step, resuming from the latest checkpoint.
 
   Returns:
-    (final TrainState, seconds spent in this call).
+    (final TrainState, the stage's wall seconds: those of this call plus, when it resumed, those
+    saved with the checkpoint it resumed from).
   """
   t0 = time.time()
   stage_cfg = config[stage]
@@ -629,16 +630,19 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
   if latest is not None and latest > total:
     raise ValueError(f'{ckpt.directory} holds step {latest} but config.{stage}.epochs='
                      f'{stage_cfg.epochs} gives only {total} steps; use a fresh --workdir')
+  # Wall seconds of the runs before this one, up to the checkpoint it resumes from.
+  seconds_before = 0.0
   if latest is not None:
     logging.info('Stage %s: resuming from step %d of %d (%s)', stage, latest, total, ckpt.directory)
     state = ckpt.restore(_with_sharding(abstract_state, repl), latest)
+    seconds_before = ckpt.seconds(latest)
   else:
     state = parallel.replicate_tree(initial_state(), mesh)
   start = int(jax.device_get(state.step))
   if start == total:
     logging.info('Stage %s: already complete (%d steps)', stage, total)
     ckpt.close()
-    return state, 0.0
+    return state, seconds_before
 
   step_fn = make_train_step(stage, model, tx, config, mesh, train_images.on_device)
   # A raw uint32[2] key (jax.random.PRNGKey), replicated; folded with the step inside the step.
@@ -690,7 +694,8 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
         bar.close()
         epoch_metrics, bar, t_epoch, epoch_start_step = None, None, time.time(), done
       if save:
-        ckpt.save(done, state)
+        elapsed = seconds_before + time.time() - t0
+        ckpt.save(done, state, seconds=elapsed)
   except NonFiniteLossError as e:
     log.write('error', stage, e.step, message=str(e))
     raise
@@ -698,9 +703,10 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
     if bar is not None:
       bar.close()
     ckpt.close()
-  seconds = time.time() - t0
-  log.write('stage_end', stage, total, seconds=seconds)
-  return state, seconds
+  # The stage's time as saved with its last checkpoint (a later run that finds it complete
+  # reports the same), summed over kill and resume.
+  log.write('stage_end', stage, total, seconds=elapsed)
+  return state, elapsed
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,6 +38,15 @@ common=(--config="$HERE/configs/market.py" --config.dataset.root="$ROOT"
 for layer in $MASKS; do
   wd="$WORK/mask_$layer"
   mkdir -p "$wd"
+  # A layer finished by an earlier call with the same arguments is not evaluated again: its
+  # result files are written anew (RESULTS may be a fresh folder each call).
+  args=$(printf '%s\n' "${common[@]}" "$layer")
+  if [ -f "$wd/reproduce.json" ] && [ "$(cat "$wd/reproduce.args" 2>/dev/null)" = "$args" ]; then
+    for name in "market_mask_$layer.json" $([ "$layer" = pool1 ] && echo market_fmn.json); do
+      cp "$wd/reproduce.json" "$RESULTS/$name"; echo "wrote $RESULTS/$name (finished before)"
+    done
+    continue
+  fi
   # Stage 2 + evaluation starting from the shared stage-1 checkpoint.
   rm -rf "$wd/checkpoints/grn"; mkdir -p "$wd/checkpoints"
   cp -r "$WORK/grn/checkpoints/grn" "$wd/checkpoints/grn"
@@ -56,9 +65,12 @@ res["device"] = jax.devices()[0].device_kind
 res["jax_version"] = jax.__version__
 res["seed"] = res.get("config", {}).get("seed")
 res["mask_layer"] = layer
-for name in ([f"market_mask_{layer}.json"] + (["market_fmn.json"] if layer == "pool1" else [])):
-  with open(os.path.join(out, name), "w") as f:
+for path in ([os.path.join(out, f"market_mask_{layer}.json")]
+             + ([os.path.join(out, "market_fmn.json")] if layer == "pool1" else [])
+             + [os.path.join(wd, "reproduce.json")]):
+  with open(path, "w") as f:
     json.dump(res, f, indent=2, sort_keys=True)
-  print("wrote", os.path.join(out, name))
+  print("wrote", path)
 PY
+  echo "$args" > "$wd/reproduce.args"
 done

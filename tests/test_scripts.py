@@ -98,3 +98,76 @@ def test_market_subset_picks_by_sorted_name(tmp_path):
   assert (tmp_path / 'out' / 'query' / '0001_c1s1_000005_00.jpg').read_bytes() == b'0001_c1s1_000005_00.jpg'
   with pytest.raises(SystemExit, match='not found'):
     market_subset.make_subset(str(tmp_path / 'nowhere'), str(tmp_path / 'o2'))
+
+
+# The synthetic run's data as Market-1501, and a network small enough for the suite.
+_TINY_MARKET = (
+    '--config.model.pretrained= --config.model.width=8 --config.model.stage_sizes=1,1,1,1 '
+    '--config.input.image_size=64,32 --config.dataset.cache_size=64,32 --config.input.pad=4 '
+    '--config.model.dtype=float32 --config.grn.epochs=1 --config.fmn.epochs=1 '
+    '--config.grn.decay_epochs=(1,) --config.fmn.decay_epochs=(1,) --config.grn.batch_size=16 '
+    '--config.fmn.batch_size=16 --config.eval.batch_size=64')
+
+
+def test_gpu_calls_steps_on_a_synthetic_market(tiny_run, tmp_path):
+  """scripts/gpu_calls.sh as the GPU machine runs it: setup, train, train again, a cut step."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  devdata = tmp_path / 'devdata'
+  (devdata / 'wheels').mkdir(parents=True)
+  data = os.path.join(tiny_run['workdir'], 'data')
+  with tarfile.open(devdata / 'market_trainquery.tgz', 'w:gz') as tar:
+    for split in ('bounding_box_train', 'query'):
+      tar.add(os.path.join(data, split), arcname=f'market/{split}')
+  with tarfile.open(devdata / 'market_gallery.tgz', 'w:gz') as tar:
+    tar.add(os.path.join(data, 'bounding_box_test'), arcname='market/bounding_box_test')
+  # Never read: the runs override model.pretrained with '' (random initialisation).
+  (devdata / 'resnet50_imagenet_f16.npz').write_bytes(b'unused')
+  env = dict(tiny_run['env'], DEVDATA=str(devdata), DATA=str(tmp_path / 'data'),
+             SITE=str(tmp_path / 'site'), WORK=str(tmp_path / 'work'), PYTHON=sys.executable,
+             CACHE_SIZE='64,32', EXTRA=_TINY_MARKET,
+             BENCH_ARGS='--what=eval --parts=distances,evaluation --num_query=20 '
+                        '--num_gallery=60 --dim=16 --repeats=1')
+  script = os.path.join(REPO, 'scripts', 'gpu_calls.sh')
+
+  def call(step, out, **extra):
+    return subprocess.run(['bash', script] + ([step] if step else []),
+                          env=dict(env, OUT=str(tmp_path / out), **extra), capture_output=True,
+                          text=True, cwd=tmp_path)
+
+  usage = call('', 'o0')
+  assert usage.returncode == 2 and 'lr_study' in usage.stdout and 'set -uo' not in usage.stdout
+  early = call('train', 'o1')
+  assert early.returncode == 2 and f'no Market-1501 under {tmp_path}/data' in early.stdout
+
+  setup = call('setup', 'o2')
+  assert setup.returncode == 0, setup.stdout[-3000:]
+  assert 'STATUS: done' in setup.stdout
+  out = tmp_path / 'o2'
+  assert {'setup.log', 'smoke.log', 'env.json', 'data_times.txt', 'benchmark_cpu.json'} <= set(
+      os.listdir(out))
+  versions = json.loads((out / 'env.json').read_text())
+  assert versions['device_count'] >= 1 and versions['pinned_wheels'] is False
+  assert versions['flax'] != 'missing' and versions['orbax-checkpoint'] != 'missing'
+  assert 'cold:' in (out / 'data_times.txt').read_text()
+  bench = json.loads((out / 'benchmark_cpu.json').read_text())
+  assert 'distances' in json.dumps(bench)
+
+  train = call('train', 'o3')
+  assert train.returncode == 0, train.stdout[-3000:]
+  out = tmp_path / 'o3'
+  result = json.loads((out / 'market_fmn.json').read_text())
+  assert {'GRN', 'LAN', 'FMN', 'FMN+rerank'} <= set(result)
+  assert result['mask_layer'] == 'pool1' and result['seed'] == 0 and result['device']
+  assert result['jax_version'] and set(result['stage_seconds']) == {'grn', 'fmn', 'eval'}
+  assert json.loads((out / 'market_mask_pool1.json').read_text()) == result
+  assert (out / 'grn_log.jsonl').exists() and (out / 'mask_pool1_log.jsonl').exists()
+
+  # The same step again (a fresh output folder, as each device call has): nothing is trained or
+  # evaluated again, and the result files come back as they were.
+  again = call('train', 'o4')
+  assert again.returncode == 0 and '(finished before)' in again.stdout, again.stdout[-3000:]
+  assert json.loads((tmp_path / 'o4' / 'market_fmn.json').read_text()) == result
+
+  # A step without the time to run says so and asks to be called again.
+  cut = call('ablation', 'o5', DEADLINE='5')
+  assert cut.returncode == 3 and 'STATUS: again' in cut.stdout, cut.stdout[-3000:]

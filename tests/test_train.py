@@ -265,6 +265,11 @@ def test_kill_and_resume_is_bit_identical(tiny_run, tmp_path):
   step_full, full = _final_state(tiny_run['workdir'])
   steps_at_kill = sorted(int(d) for d in os.listdir(stage_dir) if d.isdigit())
   assert steps_at_kill and max(steps_at_kill) < step_full, steps_at_kill   # killed mid-stage 2
+  reader = checkpoints.StageCheckpoints(stage_dir, read_only=True)
+  resume_step = reader.latest_step()
+  seconds_at_kill = reader.seconds(resume_step)
+  reader.close()
+  assert seconds_at_kill > 0
 
   result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -272,6 +277,11 @@ def test_kill_and_resume_is_bit_identical(tiny_run, tmp_path):
 
   step_resumed, resumed = _final_state(killed)
   assert step_resumed == step_full
+  # Wall time per stage counts the killed run too: stage 1 ended in it (it never wrote
+  # results.json), and stage 2's time includes the seconds before the checkpoint it resumed from.
+  seconds = json.load(open(os.path.join(killed, 'results.json')))['stage_seconds']
+  assert seconds['grn'] > 0, seconds
+  assert seconds['fmn'] > seconds_at_kill, (seconds, seconds_at_kill)
   assert full.keys() == resumed.keys()
   for path in full:
     assert np.array_equal(full[path], resumed[path]), f'{path} differs after kill and resume'
