@@ -8,9 +8,10 @@ LAN). That is a MatConvNet figure; applied unchanged to every layer of a pretrai
 mean-reduced loss it is too large for the backbone. This config keeps 0.1 and the paper's steps
 for the NEW identity classifiers (`lr_head`) and uses 0.01 for the pretrained layers (`lr`), the
 split of a measured plain fine-tune recipe (README, "Reproducing the paper"; GRN alone: rank-1
-81.7, mAP 61.9 on Market). The mixing network trains at `lr_mn` 1e-4: at 0.1 its mask saturates
-(README, "The mixing network's learning rate"). `--config=configs/market.py:paper` uses 0.1 for
-every layer instead.
+81.7, mAP 61.9 on Market). The mixing network is a new layer too (lr 0.1); it sees g / |g|
+rather than g (`model.mn_normalize_input`), so that its step on the mask does not grow with |g|^2
+(README, "The mixing network's input and learning rate"). `--config=configs/market.py:paper` is
+the paper read literally: lr 0.1 for every layer and the raw g.
 """
 
 import os
@@ -21,11 +22,12 @@ _DEFAULT = runpy.run_path(
 
 
 def get_config(variant: str = ''):
-  """Market-1501 config; variant 'paper' sets lr 0.1 for all layers (the mixing network too)."""
+  """Market-1501 config; variant 'paper': lr 0.1 for all layers, the MN on the raw g."""
   config = _DEFAULT['dataset_config']('market1501', '~/data/Market-1501-v15.09.15')
   if variant == 'paper':
     config.grn.lr, config.grn.lr_head = 0.1, None
     config.fmn.lr, config.fmn.lr_head, config.fmn.lr_mn = 0.1, None, None
+    config.model.mn_normalize_input = False
   elif variant:
     raise ValueError(f"configs/market.py: unknown variant {variant!r} (expected '' or 'paper')")
   return config

@@ -205,19 +205,30 @@ class MixingNetwork(nn.Module):
   exp(~bias_init) ~ 1 everywhere (LAN starts as the ImageNet network) while every unit is in the
   ReLU's linear part and receives gradients. `max_log_mask` clamps the pre-exp value so the mask
   is at most exp(max_log_mask) and stays finite for any finite g.
+
+  normalize_input: use g / |g| in place of g (not in the paper). The pre-exp value W^T g scales
+  with |g|, and one SGD step moves it by lr |g|^2 times its gradient. |g| of a ResNet-50 differs
+  several-fold between images and by orders of magnitude between input sizes and training runs
+  (mean 34 but up to 151 across one batch at 128x64; mean 746 at 64x32 after a one-epoch stage 1),
+  so with the raw g no one learning rate keeps every image's mask soft. With g / |g| the step is
+  lr times the gradient, as for an ordinary layer, and a mask depends on the direction of g only
+  (the GRN's half of the descriptor is g / |g| as well).
   """
   kernel_stddev: float = 1e-5
   bias_init: float = 0.01
   max_log_mask: float = 10.0
+  normalize_input: bool = False
 
   @nn.compact
   def __call__(self, g: jnp.ndarray, spatial_shape: Sequence[int]) -> jnp.ndarray:
     """g [B, m] -> mask [B, h, w] (float32), (h, w) = spatial_shape (static)."""
     height, width = spatial_shape
+    g = g.astype(jnp.float32)
+    if self.normalize_input:
+      g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
     m = nn.Dense(height * width, dtype=jnp.float32, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.normal(self.kernel_stddev),
-                 bias_init=nn.initializers.constant(self.bias_init), name='fc')(
-                     g.astype(jnp.float32))
+                 bias_init=nn.initializers.constant(self.bias_init), name='fc')(g)
     m = jnp.minimum(nn.relu(m), self.max_log_mask)
     return jnp.exp(m).reshape(g.shape[0], height, width)
 
@@ -308,6 +319,7 @@ class FMN(nn.Module):
   mn_kernel_stddev: float = 1e-5
   mn_bias_init: float = 0.01
   max_log_mask: float = 10.0
+  mn_normalize_input: bool = False
   head_stddev: float = 0.001
 
   def setup(self):
@@ -320,7 +332,8 @@ class FMN(nn.Module):
                                        stage_sizes=self.stage_sizes, width=self.width,
                                        stride_layout=self.stride_layout, dtype=self.dtype,
                                        head_stddev=self.head_stddev)
-    self.mn = MixingNetwork(self.mn_kernel_stddev, self.mn_bias_init, self.max_log_mask)
+    self.mn = MixingNetwork(self.mn_kernel_stddev, self.mn_bias_init, self.max_log_mask,
+                            self.mn_normalize_input)
 
   def grn_forward(self, x, train: bool = False) -> dict:
     """Stage 1: {'g': pooled GRN feature, 'logits_g'}; touches only the 'grn' subtree."""
@@ -353,7 +366,7 @@ def _dtype_from_name(name: Any) -> Any:
 def create_fmn(config_model, num_classes: int) -> FMN:
   """Builds an `FMN` from `config.model` (width, stage_sizes, stride_layout, mask_layer, alpha,
   dtype 'float32'|'bfloat16'; optional max_log_mask, mn_kernel_stddev, mn_bias_init,
-  head_stddev)."""
+  mn_normalize_input (False when absent, as in runs saved before it existed), head_stddev)."""
   get = config_model.get
   return FMN(num_classes=num_classes,
              stage_sizes=tuple(get('stage_sizes', (3, 4, 6, 3))),
@@ -365,4 +378,5 @@ def create_fmn(config_model, num_classes: int) -> FMN:
              mn_kernel_stddev=get('mn_kernel_stddev', 1e-5),
              mn_bias_init=get('mn_bias_init', 0.01),
              max_log_mask=get('max_log_mask', 10.0),
+             mn_normalize_input=bool(get('mn_normalize_input', False)),
              head_stddev=get('head_stddev', 0.001))

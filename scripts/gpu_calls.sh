@@ -21,7 +21,8 @@
 #   bench     the benchmark alone (when setup had no time left for it)
 #   ablation  the res2, res3 and res4 masks of the paper's Table 5, from the same stage 1.
 #             Out: market_mask_<layer>.json, ablation.log
-#   lr_study  stage 2 at fmn.lr_mn 1e-6, 0.1 and 1e-3 (LR_MN), from the same stage 1.
+#   lr_study  stage 2 at fmn.lr_mn 1e-6 (a mask frozen at 1), 1.0 and 0.01 (LR_MN), from the same
+#             stage 1 (the train step ran 0.1).
 #             Out: market_mask_lr_study.json, lr_study.log
 # Then copy the JSON files into results/ here and commit them.
 # Env: DATA (/tmp/data), SITE (/tmp/site), WORK (/tmp/work), DEVDATA (.devdata), DEADLINE (575 s),
@@ -147,7 +148,7 @@ run_step() {
     lr_study)
       need_data weights
       within "$PY" scripts/mask_lr_study.py --grn_workdir="$WORK/grn" --work="$WORK/study" \
-        --lr_mn="${LR_MN:-1e-6,0.1,1e-3}" --out="$OUT/market_mask_lr_study.json" -- \
+        --lr_mn="${LR_MN:-1e-6,1.0,0.01}" --out="$OUT/market_mask_lr_study.json" -- \
         --config=configs/market.py --config.dataset.root="$ROOT" --config.model.pretrained="$WEIGHTS" \
         --config.progress=false "${extra[@]}"
       finish $?

@@ -155,6 +155,8 @@ def test_every_config_loads_and_validates(spec):
   if spec == 'market.py':
     assert (config.grn.lr, config.grn.lr_head, config.grn.decay_epochs) == (0.01, 0.1, (20,))
     assert (config.fmn.decay_epochs, config.fmn.momentum) == ((35,), 0.9)
-    assert (config.fmn.lr, config.fmn.lr_head, config.fmn.lr_mn) == (0.01, 0.1, 1e-4)
+    assert (config.fmn.lr, config.fmn.lr_head, config.fmn.lr_mn) == (0.01, 0.1, None)
+    assert config.model.mn_normalize_input
   if spec == 'market.py:paper':
     assert (config.fmn.lr, config.fmn.lr_head, config.fmn.lr_mn) == (0.1, None, None)
+    assert not config.model.mn_normalize_input

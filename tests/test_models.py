@@ -201,6 +201,36 @@ def test_mask_stays_finite_for_huge_g(tiny_fmn):
 
 
 
+def test_normalized_mn_input_makes_mask_and_its_step_independent_of_the_norm_of_g():
+  g = jnp.asarray(np.abs(np.random.default_rng(4).normal(0.0, 0.8, size=(3, 2048))), jnp.float32)
+  raw, normalized = models.MixingNetwork(), models.MixingNetwork(normalize_input=True)
+  variables = raw.init(key(1), g, (8, 4))   # the same parameters serve both
+  # A kernel 2000 times its initial size: raw log mask values of about 1 (|g| is about 35).
+  trained = {'params': {'fc': dict(variables['params']['fc'],
+                                   kernel=variables['params']['fc']['kernel'] * 2e3)}}
+  for mn in (raw, normalized):
+    assert mn.init(key(1), g, (8, 4))['params']['fc']['kernel'].shape == (2048, 32)
+  # Normalized: g and 40 g give the same mask; raw: a larger g gives a larger log mask.
+  np.testing.assert_allclose(normalized.apply(trained, g * 40.0, (8, 4)),
+                             normalized.apply(trained, g, (8, 4)), rtol=1e-5)
+  small, large = (np.log(np.asarray(raw.apply(trained, g * s, (8, 4)))) for s in (1.0, 4.0))
+  assert 0.5 < small.max() < 5 and large.max() > 3 * small.max()
+
+  # One SGD step on the kernel: the change of the log mask scales with |g|^2 for the raw input
+  # and does not depend on |g| for the normalized one.
+  def log_mask_change(mn, scale, lr=1e-6):
+    def loss(p):   # a step that raises every log mask value, far from the clamp
+      return -jnp.sum(jnp.log(mn.apply({'params': p}, g * scale, (8, 4))))
+    grads = jax.grad(loss)(variables['params'])
+    stepped = jax.tree_util.tree_map(lambda p, d: p - lr * d, variables['params'], grads)
+    before = jnp.log(mn.apply(variables, g * scale, (8, 4)))
+    return float(jnp.mean(jnp.abs(jnp.log(mn.apply({'params': stepped}, g * scale, (8, 4)))
+                                  - before)))
+  assert log_mask_change(raw, 10.0) == pytest.approx(100 * log_mask_change(raw, 1.0), rel=0.05)
+  assert log_mask_change(normalized, 10.0) == pytest.approx(log_mask_change(normalized, 1.0),
+                                                            rel=1e-3)
+
+
 def test_mask_statistics_known_masks():
   # Image 0: half the positions at 1 (dead), half at e^10 (saturated). Image 1: uniform e^2.
   log_mask = np.zeros((2, 4, 2), np.float32)
