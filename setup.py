@@ -23,6 +23,8 @@ EXTRAS_REQUIRE = {
     "tfds": ["tensorflow-datasets>=4.9.10"],
     # Readers for other weight formats (Keras .h5, torchvision .pth/.safetensors).
     "weights": ["h5py>=3.8", "safetensors>=0.4"],
+    # TensorBoard event files of the training runs (written without TensorFlow).
+    "tensorboard": ["tensorboard>=2.15"],
     "test": [
         "pytest>=7.4",
         "scikit-image>=0.21",
@@ -31,6 +33,7 @@ EXTRAS_REQUIRE = {
         "nbclient>=0.9",
         "nbformat>=5.9",
         "ipykernel>=6.0",
+        "tensorboard>=2.15",
     ],
 }
 
