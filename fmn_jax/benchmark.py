@@ -409,20 +409,26 @@ def main(argv):
     print(json.dumps(_run_child(FLAGS.child)))
     return
   results = {'what': FLAGS.what}
+
+  def save():   # after each part, so a run cut short keeps what it measured
+    if FLAGS.out:
+      with open(FLAGS.out + '.tmp', 'w') as f:
+        json.dump(results, f, indent=1)
+      os.replace(FLAGS.out + '.tmp', FLAGS.out)
+      print(f'wrote {FLAGS.out}')
+
   if FLAGS.what in ('train', 'all'):
     import jax  # pylint: disable=g-import-not-at-top
     results['train'] = bench_training(FLAGS.config, FLAGS.train_steps, FLAGS.warmup_steps,
                                       FLAGS.num_images)
     results['jax_version'] = jax.__version__
     _print_training(results['train'])
+    save()
   if FLAGS.what in ('eval', 'all'):
     print(f'--what=eval: {FLAGS.num_query} queries x {FLAGS.num_gallery} gallery, '
           f'{FLAGS.dim}-d, {os.cpu_count()} CPUs')
     results['eval'] = run_eval(FLAGS.parts)
-  if FLAGS.out:
-    with open(FLAGS.out, 'w') as f:
-      json.dump(results, f, indent=1)
-    print(f'wrote {FLAGS.out}')
+    save()
 
 
 if __name__ == '__main__':
