@@ -350,6 +350,11 @@ def test_create_fmn_from_config():
   model = models.create_fmn(config, num_classes=11)
   assert (model.width, model.stride_layout, model.mask_layer, model.alpha, model.dtype,
           model.num_classes) == (8, 'v1.5', 'res2', 0.3, jnp.bfloat16, 11)
+  # A config without mn_normalize_input (a run saved before it existed) gets the raw g it was
+  # trained with; the configs' value is passed through.
+  assert not model.mn_normalize_input
+  config.mn_normalize_input = True
+  assert models.create_fmn(config, num_classes=11).mn_normalize_input
   config.dtype = 'float64'
   with pytest.raises(ValueError, match='float64'):
     models.create_fmn(config, num_classes=11)
