@@ -171,3 +171,12 @@ def test_gpu_calls_steps_on_a_synthetic_market(tiny_run, tmp_path):
   # A step without the time to run says so and asks to be called again.
   cut = call('ablation', 'o5', DEADLINE='5')
   assert cut.returncode == 3 and 'STATUS: again' in cut.stdout, cut.stdout[-3000:]
+
+
+def test_gpu_image_versions_script_names_a_missing_python(tmp_path):
+  env = dict(os.environ, PYTHON312=str(tmp_path / 'no_python3.12'))
+  proc = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'test_gpu_image_versions.sh'),
+                         str(tmp_path / 'venv')], env=env, capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert 'no Python 3.12 found; set PYTHON312' in proc.stderr
+  assert not (tmp_path / 'venv').exists()
