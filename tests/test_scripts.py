@@ -109,11 +109,28 @@ _TINY_MARKET = (
     '--config.fmn.batch_size=16 --config.eval.batch_size=64')
 
 
+def _write_wheel(folder, name):
+  """A minimal pure-Python wheel NAME-0.1 holding the empty module NAME."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  info = f'{name}-0.1.dist-info'
+  files = {f'{name}/__init__.py': '',
+           f'{info}/METADATA': f'Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n',
+           f'{info}/WHEEL': 'Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n'
+                            'Tag: py3-none-any\n'}
+  files[f'{info}/RECORD'] = ''.join(f'{f},,\n' for f in [*files, f'{info}/RECORD'])
+  with zipfile.ZipFile(folder / f'{name}-0.1-py3-none-any.whl', 'w') as whl:
+    for path, text in files.items():
+      whl.writestr(path, text)
+
+
 def test_gpu_calls_steps_on_a_synthetic_market(tiny_run, tmp_path):
   """scripts/gpu_calls.sh as the GPU machine runs it: setup, train, train again, a cut step."""
   import tarfile  # pylint: disable=g-import-not-at-top
   devdata = tmp_path / 'devdata'
-  (devdata / 'wheels').mkdir(parents=True)
+  (devdata / 'wheels' / 'deps').mkdir(parents=True)
+  # A dependency the "image" lacks is installed; one it has (pytest) is left alone.
+  for name in ('fmnjaxprobe', 'pytest'):
+    _write_wheel(devdata / 'wheels' / 'deps', name)
   data = os.path.join(tiny_run['workdir'], 'data')
   with tarfile.open(devdata / 'market_trainquery.tgz', 'w:gz') as tar:
     for split in ('bounding_box_train', 'query'):
@@ -142,6 +159,9 @@ def test_gpu_calls_steps_on_a_synthetic_market(tiny_run, tmp_path):
   setup = call('setup', 'o2')
   assert setup.returncode == 0, setup.stdout[-3000:]
   assert 'STATUS: done' in setup.stdout
+  assert 'fmnjaxprobe is not in the image: installing' in setup.stdout
+  assert (tmp_path / 'site' / 'fmnjaxprobe' / '__init__.py').exists()
+  assert 'pytest is not' not in setup.stdout and not (tmp_path / 'site' / 'pytest').exists()
   out = tmp_path / 'o2'
   assert {'setup.log', 'smoke.log', 'env.json', 'data_times.txt', 'benchmark_cpu.json'} <= set(
       os.listdir(out))
@@ -180,3 +200,9 @@ def test_gpu_image_versions_script_names_a_missing_python(tmp_path):
   assert proc.returncode == 2
   assert 'no Python 3.12 found; set PYTHON312' in proc.stderr
   assert not (tmp_path / 'venv').exists()
+
+
+def test_pack_for_gpu_wheels_needs_a_destination():
+  proc = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'pack_for_gpu.sh'), '--wheels'],
+                        capture_output=True, text=True)
+  assert proc.returncode != 0 and 'usage: pack_for_gpu.sh --wheels DEST' in proc.stderr
