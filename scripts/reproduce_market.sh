@@ -41,21 +41,18 @@ for layer in $MASKS; do
   # A layer finished by an earlier call with the same arguments is not evaluated again: its
   # result files are written anew (RESULTS may be a fresh folder each call).
   args=$(printf '%s\n' "${common[@]}" "$layer")
-  if [ -f "$wd/reproduce.json" ] && [ "$(cat "$wd/reproduce.args" 2>/dev/null)" = "$args" ]; then
-    for name in "market_mask_$layer.json" $([ "$layer" = pool1 ] && echo market_fmn.json); do
-      cp "$wd/reproduce.json" "$RESULTS/$name"; echo "wrote $RESULTS/$name (finished before)"
-    done
-    continue
-  fi
-  # Stage 2 + evaluation starting from the shared stage-1 checkpoint.
-  rm -rf "$wd/checkpoints/grn"; mkdir -p "$wd/checkpoints"
-  cp -r "$WORK/grn/checkpoints/grn" "$wd/checkpoints/grn"
-  "$PY" -m fmn_jax.main "${common[@]}" --workdir="$wd" --config.model.mask_layer="$layer" \
-    --config.stages=fmn,eval
-  "$PY" - "$wd" "$layer" "$RESULTS" "$WORK/grn" <<'PY'
+  note=" (finished before)"
+  if [ ! -f "$wd/reproduce.json" ] || [ "$(cat "$wd/reproduce.args" 2>/dev/null)" != "$args" ]; then
+    note=""
+    # Stage 2 + evaluation starting from the shared stage-1 checkpoint.
+    rm -rf "$wd/checkpoints/grn"; mkdir -p "$wd/checkpoints"
+    cp -r "$WORK/grn/checkpoints/grn" "$wd/checkpoints/grn"
+    "$PY" -m fmn_jax.main "${common[@]}" --workdir="$wd" --config.model.mask_layer="$layer" \
+      --config.stages=fmn,eval
+    "$PY" - "$wd" "$layer" "$WORK/grn" <<'PY'
 import json, os, sys
 import jax
-wd, layer, out, grn_wd = sys.argv[1:5]
+wd, layer, grn_wd = sys.argv[1:4]
 res = json.load(open(os.path.join(wd, "results.json")))
 grn = json.load(open(os.path.join(grn_wd, "results.json"))) if os.path.exists(
     os.path.join(grn_wd, "results.json")) else {}
@@ -65,12 +62,12 @@ res["device"] = jax.devices()[0].device_kind
 res["jax_version"] = jax.__version__
 res["seed"] = res.get("config", {}).get("seed")
 res["mask_layer"] = layer
-for path in ([os.path.join(out, f"market_mask_{layer}.json")]
-             + ([os.path.join(out, "market_fmn.json")] if layer == "pool1" else [])
-             + [os.path.join(wd, "reproduce.json")]):
-  with open(path, "w") as f:
-    json.dump(res, f, indent=2, sort_keys=True)
-  print("wrote", path)
+with open(os.path.join(wd, "reproduce.json"), "w") as f:
+  json.dump(res, f, indent=2, sort_keys=True)
 PY
-  echo "$args" > "$wd/reproduce.args"
+    echo "$args" > "$wd/reproduce.args"
+  fi
+  for name in "market_mask_$layer.json" $([ "$layer" = pool1 ] && echo market_fmn.json); do
+    cp "$wd/reproduce.json" "$RESULTS/$name"; echo "wrote $RESULTS/$name$note"
+  done
 done
