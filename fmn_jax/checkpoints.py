@@ -34,20 +34,35 @@ class StageCheckpoints:
   def all_steps(self) -> list:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, seconds: Optional[float] = None) -> None:
+  def save(self, step: int, state: Any, seconds: Optional[float] = None,
+           total_steps: Optional[int] = None) -> None:
     """Saves `state` as checkpoint `step` (asynchronously; see `wait`).
 
-    `seconds`: the stage's wall time up to this step, summed over the runs that trained it; kept
-    in the step's metadata (see `seconds`), so a resumed stage reports its whole time.
+    Kept in the step's metadata: `seconds`, the stage's wall time up to this step summed over the
+    runs that trained it (see `seconds`), so a resumed stage reports its whole time; and
+    `total_steps`, the stage's last step (see `total_steps`), so a reader can tell a finished
+    stage from one that was stopped.
     """
-    metadata = None if seconds is None else {'seconds': float(seconds)}
+    metadata = {}
+    if seconds is not None:
+      metadata['seconds'] = float(seconds)
+    if total_steps is not None:
+      metadata['total_steps'] = int(total_steps)
     self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True,
-                       custom_metadata=metadata)
+                       custom_metadata=metadata or None)
+
+  def _custom_metadata(self, step: int) -> dict:
+    metadata = self._manager.metadata(int(step))
+    return getattr(metadata, 'custom_metadata', None) or {}
 
   def seconds(self, step: int) -> float:
     """The wall seconds saved with checkpoint `step`; 0.0 when it has none."""
-    metadata = self._manager.metadata(int(step))
-    return float((getattr(metadata, 'custom_metadata', None) or {}).get('seconds', 0.0))
+    return float(self._custom_metadata(step).get('seconds', 0.0))
+
+  def total_steps(self, step: int) -> Optional[int]:
+    """The stage's last step as saved with checkpoint `step`; None when it has none."""
+    total = self._custom_metadata(step).get('total_steps')
+    return None if total is None else int(total)
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Any:
     """Restores checkpoint `step` (default: latest) into the structure/shardings given.

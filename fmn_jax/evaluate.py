@@ -85,12 +85,16 @@ def evaluate_model(model, variables: Any, config: ml_collections.ConfigDict, dat
 
 
 def reevaluate(workdir: str, rerank: Optional[bool] = None, dataset_root: Optional[str] = None,
-               batch_size: Optional[int] = None) -> dict:
-  """Re-evaluates the run in `workdir` from its checkpoint and rewrites DIR/results.json."""
+               batch_size: Optional[int] = None, allow_unfinished: bool = False) -> dict:
+  """Re-evaluates the run in `workdir` from its checkpoint and rewrites DIR/results.json.
+
+  `allow_unfinished`: evaluate the latest stage-2 checkpoint even when stage 2 was stopped before
+  its last step (otherwise a ValueError); results.json then records the step in `fmn_step`.
+  """
   # pylint: disable=g-import-not-at-top
   from fmn_jax import train
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  model, variables, config = train.restore_model(workdir)
+  model, variables, config = train.restore_model(workdir, allow_unfinished=allow_unfinished)
   with config.unlocked():
     if dataset_root:
       config.dataset.root = dataset_root
@@ -109,6 +113,8 @@ def reevaluate(workdir: str, rerank: Optional[bool] = None, dataset_root: Option
   merged = {k: v for k, v in previous.items() if k not in reporting.METHODS}
   merged.update(results)
   merged.setdefault('stage_seconds', {})['eval'] = seconds
+  step, total = train.stage_progress(workdir, 'fmn')
+  merged['fmn_step'] = {'step': step, 'total_steps': total}
   merged.update({'num_train_ids': dataset.num_classes, 'num_query': len(dataset.query),
                  'num_gallery': len(dataset.gallery), 'jax_version': jax.__version__,
                  'devices': train.devices_summary()})
@@ -130,6 +136,8 @@ def define_flags() -> None:
                     'Which mAP column(s) the printed table shows (results.json has both).')
   flags.DEFINE_string('dataset_root', None, 'Dataset folder if it moved since training.')
   flags.DEFINE_integer('batch_size', None, 'Images per forward pass.')
+  flags.DEFINE_bool('allow_unfinished', False, 'Evaluate the latest stage-2 checkpoint even when '
+                    'stage 2 was stopped before its last step.')
   flags.mark_flag_as_required('workdir')
 
 
@@ -137,9 +145,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  reporting.quiet_library_logs()
   try:
     results = reevaluate(f.workdir, rerank=f.rerank, dataset_root=f.dataset_root,
-                         batch_size=f.batch_size)
+                         batch_size=f.batch_size, allow_unfinished=f.allow_unfinished)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

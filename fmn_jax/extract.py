@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from fmn_jax import images as images_lib
+from fmn_jax import reporting
 
 FEATURES_FORMAT = 'fmn_jax.features/1'
 
@@ -294,6 +295,7 @@ def run_cli(main_fn, define_flags_fn) -> None:
   define_flags_fn()
 
   def wrapped(argv):
+    reporting.quiet_library_logs()
     try:
       main_fn(argv)
     except (FileNotFoundError, ValueError) as e:

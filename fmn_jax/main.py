@@ -11,7 +11,6 @@ config is locked, so an unknown key is an error.
 """
 
 import importlib.util
-import logging as pylogging
 import os
 import sys
 
@@ -79,15 +78,6 @@ def parse_flags(argv):
     sys.exit(1)
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Drops INFO records of orbax (lines per checkpoint file) and of jax's backend set-up."""
-
-  def filter(self, record):
-    path = record.pathname.replace(os.sep, '/')
-    return (record.levelno >= pylogging.WARNING or
-            not ('/orbax/' in path or '/jax/_src/' in path))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -99,8 +89,7 @@ def main(argv):
   if config.distributed:
     parallel.initialize_distributed()
   logging.set_verbosity(logging.INFO)
-  # Orbax logs every save step by step at INFO: keep its warnings only.
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  reporting.quiet_library_logs()
   try:
     train.validate_config(config)
     results = train.train_and_evaluate(config, FLAGS.workdir)

@@ -569,6 +569,27 @@ def weights_info(path: str) -> Dict[str, str]:
   return load_resnet50_with_info(path)[1]
 
 
+def check_matches_model(info: Dict[str, str], stride_layout: str, normalization: str,
+                        what: str) -> None:
+  """Raises ValueError when weights (`info` of `weights_info`) need another stride layout or
+  input normalization than the model and input pipeline are configured with.
+
+  Both layouts share one parameter tree, so torchvision (v1.5, RGB mean/std) weights would load
+  into a v1 model fed Caffe-BGR images without any shape error, and start from wrong features.
+  'unknown' (an .npz written without that metadata) is not checked.
+  """
+  wanted = {'stride_layout': ('model.stride_layout', stride_layout),
+            'normalization': ('input.normalization', normalization)}
+  wrong = [(key, name, have) for key, (name, have) in wanted.items()
+           if info.get(key, 'unknown') not in ('unknown', have)]
+  if wrong:
+    raise ValueError(
+        f'{what} holds {info.get("family", "?")} weights for '
+        + ' and '.join(f'{key} {info[key]!r}' for key, _, _ in wrong) + ', but the config has '
+        + ', '.join(f'{name}={have!r}' for _, name, have in wrong) + ': set '
+        + ' '.join(f'--config.{name}={info[key]}' for key, name, _ in wrong))
+
+
 # ----------------------------------------------------------------------------------------------
 # FMN initialisation and conversion.
 
@@ -585,7 +606,7 @@ def init_fmn_from_imagenet(fmn_variables: Variables, resnet_variables: Variables
   flat = flatten({c: fmn_variables[c] for c in order})
   src = flatten({c: resnet_variables[c] for c in ('params', 'batch_stats')
                  if c in resnet_variables})
-  out, problems = dict(flat), []
+  out, problems, used = dict(flat), [], set()
   for key, target in flat.items():
     coll, net, *rest = key.split('/')
     if coll not in ('params', 'batch_stats') or net not in ('grn', 'lan') or rest[0] == 'fc':
@@ -594,11 +615,18 @@ def init_fmn_from_imagenet(fmn_variables: Variables, resnet_variables: Variables
     if src_key not in src:
       problems.append(f'{src_key} (for {key}) missing in the ImageNet variables')
       continue
+    used.add(src_key)
     value = src[src_key]
     if tuple(value.shape) != tuple(target.shape):
       problems.append(f'{src_key}: shape {tuple(value.shape)}, {key} needs {tuple(target.shape)}')
       continue
     out[key] = jnp.array(value, dtype=target.dtype, copy=True)
+  # The GRN is the whole ResNet: a tensor it does not take means the source is deeper (more
+  # blocks) than the model, whose blocks would otherwise be a silent prefix of the source's.
+  unused = [k for k in src if k not in used and k.split('/')[1] != 'fc']
+  if unused:
+    problems.append(f'{len(unused)} ImageNet tensors the model has no place for, e.g. '
+                    f'{", ".join(unused[:3])}')
   for coll in ('params', 'batch_stats'):
     if not any(k.startswith(f'{coll}/grn/') for k in flat):
       problems.append(f'{coll}/grn missing in the FMN variables')

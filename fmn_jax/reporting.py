@@ -7,6 +7,7 @@ not need TensorFlow).
 """
 
 import json
+import logging as pylogging
 import os
 import sys
 import time
@@ -24,6 +25,24 @@ def _to_python(value: Any) -> Any:
   if hasattr(value, 'shape') and getattr(value, 'shape', None) == ():
     return float(value)
   return value
+
+
+class _QuietLibraries(pylogging.Filter):
+  """Drops INFO records of orbax (lines per checkpoint file) and of jax's backend set-up."""
+
+  def filter(self, record):
+    path = record.pathname.replace(os.sep, '/')
+    return (record.levelno >= pylogging.WARNING or
+            not ('/orbax/' in path or '/jax/_src/' in path))
+
+
+def quiet_library_logs() -> None:
+  """Keeps only warnings of orbax (it logs every checkpoint open, save and close at INFO) and of
+  jax's backend set-up on the absl log handler; the project's own INFO lines stay."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
 
 
 class JsonlWriter:

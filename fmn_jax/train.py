@@ -250,9 +250,9 @@ def make_optimizer(stage_config: ml_collections.ConfigDict,
 
   update = -lr(step) * momentum_trace(grad + weight_decay * kernel); with `lr_head` set, the new
   layers (`param_labels`) use their own rate with the same steps, and with `lr_mn` (stage 2) the
-  mixing network its own (its input g is not normalised, so its gradients scale with |g|^2).
-  optimizer='adam' replaces the
-  momentum trace by Adam's scaling (L2 weight decay as PyTorch Adam).
+  mixing network its own (with model.mn_normalize_input=False its input is the raw g, and its
+  gradients scale with |g|^2). optimizer='adam' replaces the momentum trace by Adam's scaling
+  (L2 weight decay as PyTorch Adam).
   """
   def scaled(lr):
     return optax.scale_by_learning_rate(lr_schedule(stage_config, steps_per_epoch, lr))
@@ -521,15 +521,19 @@ def init_variables(model: models.FMN, config: ml_collections.ConfigDict,
   its generator several times faster than threefry for the hundreds of initialisers of a ResNet
   (the result is deterministic for a given seed and backend).
   """
-  init = _jitted_init(model, tuple(config.input.image_size))
-  variables = jax.device_get(init(jax.random.key(config.seed, impl='unsafe_rbg')))
-  variables = flax.core.unfreeze(variables)
   path = pretrained_path(config) if load_pretrained else None
   if path is not None:
     # pylint: disable=g-import-not-at-top
     from fmn_jax import pretrained
+    imagenet, info = pretrained.load_resnet50_with_info(path)
+    pretrained.check_matches_model(info, config.model.stride_layout, config.input.normalization,
+                                   f'config.model.pretrained={config.model.pretrained!r} ({path})')
+  init = _jitted_init(model, tuple(config.input.image_size))
+  variables = jax.device_get(init(jax.random.key(config.seed, impl='unsafe_rbg')))
+  variables = flax.core.unfreeze(variables)
+  if path is not None:
     logging.info('ImageNet initialisation from %s', path)
-    variables = pretrained.init_fmn_from_imagenet(variables, pretrained.load_resnet50(path))
+    variables = pretrained.init_fmn_from_imagenet(variables, imagenet)
   return variables
 
 
@@ -695,7 +699,7 @@ def run_stage(stage: str, *, config: ml_collections.ConfigDict, workdir: str, me
         epoch_metrics, bar, t_epoch, epoch_start_step = None, None, time.time(), done
       if save:
         elapsed = seconds_before + time.time() - t0
-        ckpt.save(done, state, seconds=elapsed)
+        ckpt.save(done, state, seconds=elapsed, total_steps=total)
   except NonFiniteLossError as e:
     log.write('error', stage, e.step, message=str(e))
     raise
@@ -749,20 +753,46 @@ def devices_summary() -> dict:
 
 
 def final_variables(workdir: str, model: models.FMN, config: ml_collections.ConfigDict,
-                    mesh=None) -> dict:
-  """The trained FMN variables from the last stage-2 checkpoint."""
+                    mesh=None, allow_unfinished: bool = False) -> dict:
+  """The trained FMN variables from the last stage-2 checkpoint.
+
+  Raises ValueError when that checkpoint is not stage 2's last step (the run was stopped before
+  it finished), unless `allow_unfinished`, which logs a warning and uses it.
+  """
   mesh = mesh if mesh is not None else parallel.create_mesh()
   abstract = _with_sharding(abstract_fmn_state(model, config, steps_per_epoch=1),
                             parallel.replicated(mesh))
   ckpt = checkpoints.StageCheckpoints(checkpoints.stage_dir(workdir, 'fmn'), read_only=True)
   try:
-    if ckpt.latest_step() is None:
+    latest, total = _checkpoint_progress(ckpt)
+    if latest is None:
       raise FileNotFoundError(f'no stage-2 (fmn) checkpoint in {ckpt.directory}: train with '
                               "--config.stages=grn,fmn first")
-    state = ckpt.restore(abstract)
+    if total is not None and latest < total:
+      message = (f'the latest stage-2 checkpoint in {ckpt.directory} is at step {latest} of '
+                 f'{total}: stage 2 was stopped before it finished')
+      if not allow_unfinished:
+        raise ValueError(f'{message}. Run the training command again to resume and finish it, '
+                         'or allow the unfinished model (fmn_jax.evaluate --allow_unfinished)')
+      logging.warning('%s; using it (allow_unfinished)', message)
+    state = ckpt.restore(abstract, latest)
   finally:
     ckpt.close()
   return fmn_variables(state)
+
+
+def _checkpoint_progress(ckpt: checkpoints.StageCheckpoints) -> tuple:
+  latest = ckpt.latest_step()
+  return latest, (None if latest is None else ckpt.total_steps(latest))
+
+
+def stage_progress(workdir: str, stage: str) -> tuple:
+  """(latest checkpoint step or None, the stage's last step or None when not recorded)."""
+  ckpt = checkpoints.StageCheckpoints(checkpoints.stage_dir(workdir, stage), read_only=True)
+  try:
+    return _checkpoint_progress(ckpt)
+  finally:
+    ckpt.close()
 
 
 def abstract_fmn_state(model, config, steps_per_epoch: int) -> TrainState:
@@ -900,8 +930,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def restore_model(workdir: str) -> tuple:
-  """(model, variables, config) of a trained run (stage-2 checkpoint) for other tools."""
+def restore_model(workdir: str, allow_unfinished: bool = False) -> tuple:
+  """(model, variables, config) of a trained run (stage-2 checkpoint) for other tools.
+
+  `allow_unfinished`: also take a stage-2 checkpoint before the stage's last step (a stopped
+  run; see `final_variables`)."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config_path = os.path.join(workdir, 'config.json')
   run_path = os.path.join(workdir, 'run.json')
@@ -911,5 +944,6 @@ def restore_model(workdir: str) -> tuple:
   config = config_from_dict(_read_json(config_path))
   num_classes = int(_read_json(run_path)['num_classes'])
   model = create_model(config, num_classes)
-  variables = jax.device_get(final_variables(workdir, model, config))
+  variables = jax.device_get(final_variables(workdir, model, config,
+                                             allow_unfinished=allow_unfinished))
   return model, variables, config

@@ -100,6 +100,8 @@ def test_evaluate_rewrites_results_and_rerun_only_evaluates(demo_run):
     for key in SUMMARY_KEYS:
       assert after[method][key] == pytest.approx(before[method][key], abs=1e-6), (method, key)
   assert after['stage_seconds']['grn'] == before['stage_seconds']['grn']
+  step = after['fmn_step']['step']
+  assert step is not None and step == after['fmn_step']['total_steps'], after['fmn_step']
   header = result.stdout.splitlines()[0]
   assert 'mAP(trap)' in header and ' mAP ' not in header
   # The main command again: both stages are complete, so only the evaluation runs; it prints

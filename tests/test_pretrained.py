@@ -657,3 +657,41 @@ def test_cli_convert_and_info(tiny_keras, tmp_path):
        f'--output={out}'], capture_output=True, text=True, env=env, check=False)
   assert proc.returncode == 1 and 'no.h5' in proc.stderr
   assert pretrained.main(['info', f'--input={out}']) == 0
+
+
+def test_weights_must_match_the_configured_layout_and_normalization(tmp_path):
+  """torchvision weights fit a v1 model's parameter tree: the config mismatch is caught instead."""
+  path = tmp_path / 'tv.safetensors'
+  save_file(tiny_torch_state(), str(path))
+  info = pretrained.weights_info(str(path))
+  pretrained.check_matches_model(info, 'v1.5', 'imagenet_rgb', 'tv')   # matches: no error
+  with pytest.raises(ValueError, match=r"torchvision weights for normalization 'imagenet_rgb', "
+                     r"but the config has input\.normalization='caffe_bgr': set "
+                     r'--config\.input\.normalization=imagenet_rgb$'):
+    pretrained.check_matches_model(info, 'v1.5', 'caffe_bgr', 'tv')
+  # An .npz written without the metadata says 'unknown': nothing to check.
+  pretrained.check_matches_model({'family': 'unknown', 'stride_layout': 'unknown',
+                                  'normalization': 'unknown'}, 'v1', 'caffe_bgr', 'npz')
+  # Through the training code, with the defaults (v1, caffe_bgr): refused before any compilation.
+  from fmn_jax import train  # pylint: disable=g-import-not-at-top
+  import runpy  # pylint: disable=g-import-not-at-top
+  config = runpy.run_path(str(REPO / 'configs' / 'default.py'))['get_config']()
+  config.model.width, config.model.pretrained = 8, str(path)
+  model = train.create_model(config, 3)
+  with pytest.raises(ValueError, match=r"config\.model\.pretrained='.*tv\.safetensors' .*"
+                     r"stride_layout 'v1\.5' and normalization 'imagenet_rgb', but the config has "
+                     r"model\.stride_layout='v1', input\.normalization='caffe_bgr': set "
+                     r'--config\.model\.stride_layout=v1\.5 --config\.input\.normalization='
+                     r'imagenet_rgb'):
+    train.init_variables(model, config)
+
+
+def test_init_fmn_refuses_a_source_deeper_than_the_model(tiny_keras, tmp_path):
+  """Each stage's first block has the same shapes at any depth: the leftover blocks are named."""
+  write_keras_h5(tmp_path / 'tiny.h5', tiny_keras)
+  imagenet = pretrained.load_resnet50(str(tmp_path / 'tiny.h5'))
+  shallow = models.FMN(num_classes=3, width=8, stage_sizes=(1, 1, 1, 1))
+  abstract = jax.eval_shape(shallow.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 32, 3)))
+  with pytest.raises(ValueError, match=r'ImageNet tensors the model has no place for, e\.g\. '
+                     r'params/res2/block1/'):
+    pretrained.init_fmn_from_imagenet(abstract, imagenet)

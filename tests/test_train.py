@@ -268,8 +268,15 @@ def test_kill_and_resume_is_bit_identical(tiny_run, tmp_path):
   reader = checkpoints.StageCheckpoints(stage_dir, read_only=True)
   resume_step = reader.latest_step()
   seconds_at_kill = reader.seconds(resume_step)
+  assert reader.total_steps(resume_step) == step_full
   reader.close()
   assert seconds_at_kill > 0
+  # The stopped run's model is refused by the tools unless asked for.
+  with pytest.raises(ValueError, match=rf'at step {resume_step} of {step_full}: stage 2 was '
+                     r'stopped.*--allow_unfinished'):
+    train.restore_model(killed)
+  _, unfinished, _ = train.restore_model(killed, allow_unfinished=True)
+  assert unfinished['params']['lan']['fc']['kernel'].ndim == 2
 
   result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
