@@ -4,21 +4,25 @@
 
 `--images` is a folder (searched recursively; names are paths relative to it), one image, a
 `.txt` list of paths (one per line), or a comma-separated list of any of these. Images of any
-size and mode (greyscale, RGBA, palette, 16-bit, PNG, JPEG, ...) are converted to RGB and resized
-to `config.input.image_size`, then run through the evaluation path (`features.compute_descriptors`:
-normalisation, flip averaging as in evaluation) in device batches of `config.eval.batch_size`.
+size and mode (greyscale, RGBA, palette, 16-bit, PNG, JPEG, ...) are decoded exactly as the
+evaluation decodes its files (`fmn_jax.images.to_rgb`, bicubic resize to
+`config.dataset.cache_size`), then run through the evaluation path (`features.compute_descriptors`:
+resize to `config.input.image_size`, normalisation, flip averaging) in device batches of
+`config.eval.batch_size`: a file gets the descriptor it gets in evaluation.
 An unreadable file stops the run with its name, or is skipped (and listed) with
 `--skip_unreadable`.
 
 The .npz holds `names` [N] (str), `descriptors` [N, D] float32 (Eq. 6), with `--parts` also `g`
 and `l` (the GRN and LAN features), `paths` (absolute), `skipped` (unreadable files) and `meta`
-(a JSON string: workdir, input size, normalisation, descriptor size). It is read without pickle:
+(a JSON string: workdir, `extraction_meta`: the model's fingerprint, input and decode sizes,
+normalisation, flip, alpha; descriptor size). It is read without pickle:
 `np.load(path)` or `fmn_jax.extract.load_features(path)`.
 
 API: `extract_features(variables, images_or_paths, config) -> (names, descriptors)`.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -113,6 +117,33 @@ class LazyImages:
     return out
 
 
+def model_fingerprint(variables: Dict[str, Any]) -> str:
+  """A short hash of trained variables: every array's path, shape and up to 64 evenly spaced
+  values. Two trainings never share it, so features from another model are recognised."""
+  import jax  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    a = np.asarray(leaf).reshape(-1)
+    picked = a[np.linspace(0, a.size - 1, min(64, a.size)).round().astype(np.int64)]
+    h.update(f'{jax.tree_util.keystr(path)}|{a.shape}|'.encode())
+    h.update(np.ascontiguousarray(picked, np.float32).tobytes())
+  return h.hexdigest()[:16]
+
+
+def extraction_meta(variables: Dict[str, Any], config) -> Dict[str, Any]:
+  """What decides the descriptors besides the images: the model and its evaluation settings
+  (recorded in a features file's meta; `fmn_jax.search` checks a reused file against them)."""
+  from fmn_jax import features as features_lib  # pylint: disable=g-import-not-at-top
+  return {
+      'model': model_fingerprint(variables),
+      'image_size': [int(s) for s in config.input.image_size],
+      'decode_size': list(features_lib.decode_size(config)),
+      'normalization': str(config.input.normalization),
+      'flip': bool(config.eval.get('flip', False)),
+      'alpha': float(config.model.get('alpha', 0.5)),
+  }
+
+
 def extract(variables: Dict[str, Any],
             images_or_paths: Union[str, Sequence[str], np.ndarray, Sequence[Any]],
             config,
@@ -142,7 +173,7 @@ def extract(variables: Dict[str, Any],
   from fmn_jax import features as features_lib  # pylint: disable=g-import-not-at-top
   if model is None:
     model = build_model(variables, config)
-  size = tuple(int(s) for s in config.input.image_size)
+  size = features_lib.decode_size(config)
   batch_size = int(batch_size or config.eval.batch_size)
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
@@ -176,15 +207,8 @@ def extract(variables: Dict[str, Any],
     raise ValueError(f'no readable image in {images_or_paths!r} ({len(skipped)} unreadable, '
                      f'first: {skipped[0][0] if skipped else None})')
   cat = {k: np.asarray(v, np.float32)[keep] for k, v in out.items()}
-  meta = {
-      'format': FEATURES_FORMAT,
-      'image_size': list(size),
-      'normalization': str(config.input.normalization),
-      'flip': bool(config.eval.get('flip', False)),
-      'alpha': float(config.model.get('alpha', 0.5)),
-      'descriptor_dim': int(cat['descriptor'].shape[1]),
-      'num_images': int(keep.size),
-  }
+  meta = {'format': FEATURES_FORMAT, **extraction_meta(variables, config),
+          'descriptor_dim': int(cat['descriptor'].shape[1]), 'num_images': int(keep.size)}
   return Features(names=[all_names[i] for i in keep], descriptors=cat['descriptor'],
                   g=cat['g'], l=cat['l'],
                   paths=[os.path.abspath(paths[i]) for i in keep] if paths is not None else None,

@@ -19,6 +19,13 @@ from fmn_jax import parallel
 from fmn_jax import reporting
 
 
+def decode_size(config: ml_collections.ConfigDict) -> tuple:
+  """(H, W) the evaluation decodes image files to: config.dataset.cache_size (then resized to
+  config.input.image_size on the device). The tools decode at this size too, so a file gives them
+  the descriptor it gets in evaluation."""
+  return tuple(int(s) for s in config.dataset.cache_size)
+
+
 def make_feature_fn(model: models.FMN, config: ml_collections.ConfigDict, mesh,
                     flip: Optional[bool] = None):
   """jitted (variables, images_uint8 [B, H, W, 3]) -> (g, l, descriptor), float32.

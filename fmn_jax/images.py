@@ -1,6 +1,8 @@
 """Reading user images of any size and mode into uint8 RGB arrays.
 
-Used by the extraction, search, visualisation and export tools. Everything here is host-side
+Used by the training and evaluation decode (`fmn_jax.data.cache`) and by the extraction, search,
+visualisation and export tools, so a file gives the same pixels everywhere. Everything here is
+host-side
 (numpy + Pillow): greyscale, 16-bit, palette, RGBA/LA (alpha composited over a background colour),
 CMYK, PNG, JPEG, BMP, GIF (first frame), TIFF and WebP all come out as ``uint8 [H, W, 3]`` RGB.
 An unreadable file raises :class:`UnreadableImageError` naming the file, or is skipped with a
@@ -20,6 +22,10 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.
 
 # Transparent pixels are composited over this colour (white, like most image viewers show them).
 DEFAULT_BACKGROUND = (255, 255, 255)
+# The one resampling filter of every resize here and of the training/evaluation decode
+# (`fmn_jax.data.cache`), so that a file gives the same pixels in the tools as in evaluation.
+# PIL's filters are antialiased when shrinking.
+RESAMPLE = Image.Resampling.BICUBIC
 
 
 class UnreadableImageError(ValueError):
@@ -101,11 +107,11 @@ def load_image(path: str, size: Optional[Tuple[int, int]] = None,
 
 
 def resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-  """Resizes a ``uint8 [H, W, 3]`` image to ``size=(H, W)`` (bilinear, antialiased)."""
+  """Resizes a ``uint8 [H, W, 3]`` image to ``size=(H, W)`` (`RESAMPLE`: bicubic, antialiased)."""
   h, w = int(size[0]), int(size[1])
   if image.shape[:2] == (h, w):
     return image
-  return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+  return np.asarray(Image.fromarray(image).resize((w, h), RESAMPLE), dtype=np.uint8)
 
 
 def _is_image_file(name: str) -> bool:

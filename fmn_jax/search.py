@@ -62,6 +62,21 @@ def figure_name(query_name: str) -> str:
   return re.sub(r'[^A-Za-z0-9._-]+', '_', query_name.replace('/', '__')) + '.png'
 
 
+def figure_names(query_names: Sequence[str]) -> List[str]:
+  """`figure_name` of each query, made unique ('a b.jpg' and 'a_b.jpg' map to the same name:
+  the later ones get '_2', '_3', ... before '.png'), so no figure overwrites another."""
+  seen, out = set(), []
+  for q in query_names:
+    name = figure_name(q)
+    k = 1
+    while name.lower() in seen:  # lower(): also distinct on case-insensitive file systems
+      k += 1
+      name = f'{figure_name(q)[:-4]}_{k}.png'
+    seen.add(name.lower())
+    out.append(name)
+  return out
+
+
 def results_json(query_names: Sequence[str], gallery_names: Sequence[str], indices: np.ndarray,
                  distances: np.ndarray, **meta) -> Dict[str, Any]:
   """The search.json content (see the module docstring)."""
@@ -84,10 +99,15 @@ def _features(source: str, model, variables, config, *, skip_unreadable: bool, p
   """Loads a features .npz, or extracts from a folder / image / list."""
   if isinstance(source, str) and source.endswith('.npz'):
     feats = extract_lib.load_features(source)
-    expected = feats.meta.get('image_size')
-    if expected is not None and list(expected) != [int(s) for s in config.input.image_size]:
-      raise ValueError(f'{what} features {source!r} were extracted at image size {expected}, the '
-                       f'model uses {list(config.input.image_size)}: re-extract them')
+    # What the file records must be this model's and its evaluation's (older files lack some
+    # keys: those are not checked).
+    want = extract_lib.extraction_meta(variables, config)
+    wrong = [f'{key} {feats.meta[key]!r} (this model: {value!r})' for key, value in want.items()
+             if key in feats.meta and feats.meta[key] != value]
+    if wrong:
+      raise ValueError(f'{what} features {source!r} were not extracted with this model and '
+                       f'its evaluation settings: {"; ".join(wrong)}. Re-extract them with '
+                       'python -m fmn_jax.extract --workdir=<this run>')
     return feats
   return extract_lib.extract(variables, source, config, model=model,
                              skip_unreadable=skip_unreadable, progress=progress)
@@ -199,6 +219,7 @@ def _draw(result, q, g, idx, dists, config, out):
       cache[path] = _thumbnail(path, size)
     return cache[path]
 
+  names = figure_names(q.names)
   for i, entry in enumerate(result['queries']):
     row = [thumb(g_paths[int(j)]) for j in idx[i]]
     labels = [[f'{_wrap(g.names[int(j)])}\nd={dists[i, r]:.3f}' for r, j in enumerate(idx[i])]]
@@ -207,7 +228,7 @@ def _draw(result, q, g, idx, dists, config, out):
         title=f'search: {_short(q.names[i], 40)}, top-{idx.shape[1]} of {len(g)} by '
               f'{result["distance"]} distance',
         query_labels=[_wrap(q.names[i])], gallery_labels=labels)
-    name = os.path.join('ranked', figure_name(q.names[i]))
+    name = os.path.join('ranked', names[i])
     visualize.save_figure(fig, os.path.join(out, name))
     entry['figure'] = name
 

@@ -431,8 +431,9 @@ def attention(workdir: str, images=None, *, num: int = 8, out: Optional[str] = N
   Returns the Figure, or writes a PNG to ``out`` and returns its path.
   """
   from fmn_jax import images as images_lib  # pylint: disable=g-import-not-at-top
+  from fmn_jax import features  # pylint: disable=g-import-not-at-top
   model, variables, config = restored if restored is not None else _restore(workdir)
-  size = tuple(int(s) for s in config.input.image_size)
+  size = features.decode_size(config)
   if images is None:
     from fmn_jax import train  # pylint: disable=g-import-not-at-top
     dataset = train.load_reid_dataset(config, os.path.abspath(os.path.expanduser(workdir)))

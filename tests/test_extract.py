@@ -10,6 +10,7 @@ import pytest
 
 from fmn_jax import extract
 from fmn_jax import images
+from fmn_jax.data import cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,6 +91,26 @@ def test_as_uint8_batch_arrays():
     images.as_uint8_batch([np.zeros((20, 10, 3)), np.zeros((21, 10, 3))])
 
 
+def test_tools_decode_every_mode_as_the_evaluation_does(mixed_folder, tmp_path):
+  """The dataset cache (training, evaluation) and the tools give a file the same pixels."""
+  d = mixed_folder
+  rotated = Image.fromarray(_person(2, (40, 24)))
+  exif = Image.Exif()
+  exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to display
+  rotated.save(d / "exif.jpg", exif=exif, quality=95)
+  names = ["rgb.png", "big.jpg", "grey.png", "alpha.png", "sub/palette.png", "sixteen.png",
+           "cmyk.tif", "exif.jpg"]
+  for size in ((64, 32), (224, 224), (50, 30)):
+    for name in names:
+      np.testing.assert_array_equal(cache.decode_image(str(d / name), size),
+                                    images.load_image(str(d / name), size), err_msg=name)
+  # 16-bit data keeps its top 8 bits (PIL's convert('RGB') would clip it to white).
+  rgb = np.asarray(Image.open(d / "rgb.png"))
+  np.testing.assert_array_equal(cache.decode_image(str(d / "sixteen.png"), (50, 30))[..., 0],
+                                rgb[..., 0])
+  assert images.load_image(str(d / "exif.jpg")).shape == (24, 40, 3)  # shown upright
+
+
 def test_extract_features_matches_evaluation_path(tiny_model, mixed_folder):
   from fmn_jax import features
   model, variables, config = tiny_model
@@ -103,9 +124,10 @@ def test_extract_features_matches_evaluation_path(tiny_model, mixed_folder):
   dim = feats.descriptors.shape[1]
   assert feats.descriptors.shape == (7, dim) and feats.g.shape[0] == feats.l.shape[0] == 7
   assert np.all(np.isfinite(feats.descriptors))
-  # Same numbers as the evaluation path on the same decoded images.
-  size = tuple(config.input.image_size)
-  decoded = np.stack([images.load_image(p, size) for p in feats.paths])
+  # Same numbers as the evaluation path: its decode (the dataset cache's) and its features.
+  assert feats.meta["decode_size"] == list(config.dataset.cache_size)
+  decoded = np.stack([cache.decode_image(p, tuple(config.dataset.cache_size))
+                      for p in feats.paths])
   ref = features.compute_descriptors(model, variables, decoded, config, progress=False)
   np.testing.assert_allclose(feats.descriptors, ref["descriptor"], atol=1e-5)
   # In-memory images (a list of differently sized arrays) give the same descriptors.

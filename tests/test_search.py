@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -33,6 +34,9 @@ def test_rank_and_json_format():
   with pytest.raises(ValueError, match="same D"):
     search.distance_matrix(q, np.zeros((3, 5), np.float32))
   assert search.figure_name("sub dir/a b.jpg") == "sub_dir__a_b.jpg.png"
+  # Names that map to one file name get their own figures.
+  assert search.figure_names(["a b.jpg", "a_b.jpg", "x/y.jpg", "x__y.jpg", "A_B.jpg"]) == [
+      "a_b.jpg.png", "a_b.jpg_2.png", "x__y.jpg.png", "x__y.jpg_2.png", "A_B.jpg_3.png"]
 
 
 def test_search_api_folder_gallery_with_rerank(tiny_model, tiny_run, tmp_path):
@@ -92,3 +96,13 @@ def test_search_cli_with_features_gallery(tiny_model, tiny_run, tmp_path):
       (r["rank"], r["name"]) for r in cli_results]
   assert [r["distance"] for r in api_results] == pytest.approx(
       [r["distance"] for r in cli_results])
+  # A features file from another model or other evaluation settings is refused, by name.
+  changed = jax.tree_util.tree_map(np.asarray, variables)
+  changed["params"]["lan"]["fc"]["kernel"] = changed["params"]["lan"]["fc"]["kernel"] + 0.5
+  with pytest.raises(ValueError, match=r"gallery features .*gallery\.npz.* not extracted with "
+                     r"this model.*model '[0-9a-f]{16}' \(this model: '[0-9a-f]{16}'\)"):
+    search.search(model, changed, config, str(qdir), npz, top=4, progress=False)
+  flipless = config.copy_and_resolve_references()
+  flipless.eval.flip = not config.eval.flip
+  with pytest.raises(ValueError, match=r"flip (True|False) \(this model: (False|True)\)"):
+    search.search(model, variables, flipless, str(qdir), npz, top=4, progress=False)

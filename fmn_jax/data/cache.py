@@ -20,12 +20,14 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from fmn_jax import images
 from fmn_jax.data import datasets
 
-CACHE_VERSION = 1
-# Resampling filter used when the stored size differs from the file's size (PIL's resize filters
-# are antialiased when shrinking).
-RESAMPLE = Image.Resampling.BICUBIC
+# 2: images decoded by `fmn_jax.images.to_rgb` (EXIF orientation, alpha over white, 16-bit data
+# scaled) instead of PIL's plain convert('RGB').
+CACHE_VERSION = 2
+# Resampling filter used when the stored size differs from the file's size.
+RESAMPLE = images.RESAMPLE
 
 
 def _num_workers() -> int:
@@ -99,18 +101,20 @@ def check_size(size, name: str = 'size') -> tuple:
 def decode_image(path: str, size: tuple) -> np.ndarray:
   """Decodes one image file to uint8 RGB [H, W, 3], resized to `size` = (H, W).
 
-  Raises datasets.UnreadableImageError naming the path on any decoding problem, truncation
-  included (also when another library set PIL's LOAD_TRUNCATED_IMAGES).
+  The pixels are those of the tools (`fmn_jax.images.load_image`): any mode converted by
+  `images.to_rgb`, resized with `images.RESAMPLE`. Raises datasets.UnreadableImageError naming
+  the path on any decoding problem, truncation included (also when another library set PIL's
+  LOAD_TRUNCATED_IMAGES).
   """
-  h, w = size
   datasets.check_image_file(path)
   try:
     with Image.open(path) as im:
+      im.seek(0)
       im.load()
-      im = im.convert('RGB')
-      if im.size != (w, h):
-        im = im.resize((w, h), RESAMPLE)
-      arr = np.asarray(im, dtype=np.uint8)
+      arr = images.to_rgb(im)
+    if arr.ndim != 3 or not arr.shape[0] or not arr.shape[1]:
+      raise ValueError(f'empty image of shape {arr.shape}')
+    arr = images.resize(arr, size)
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
     raise datasets.UnreadableImageError(f'cannot decode image {path}: {e}') from e
   return arr

@@ -26,6 +26,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from fmn_jax import images
 from fmn_jax.data import cache
 from fmn_jax.data import datasets
 
@@ -150,10 +151,7 @@ def _dir_key(builder_dir: str, size: tuple) -> str:
 
 
 def _decode_record_image(image: np.ndarray, size: tuple) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  if image.shape[:2] != tuple(size):
-    image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), cache.RESAMPLE))
-  return image
+  return images.resize(image, size)
 
 
 def read_decoded(tfds_dir: str, size, *, name: Optional[str] = None,
