@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ~/.cache/fmn_jax/decoded).
   config.dataset.cache_dir = ''
   config.dataset.skip_unreadable = False
+  # A built TFDS dataset (python -m fmn_jax.data.tfds_builders; its folder with dataset_info.json
+  # or the data_dir holding reid_<name>): when set, the splits and images come from it (read
+  # without TensorFlow) and dataset.root is not used.
   config.dataset.tfds_dir = ''
 
   config.input = ml_collections.ConfigDict()

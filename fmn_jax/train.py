@@ -457,8 +457,33 @@ def dataset_root(config: ml_collections.ConfigDict, workdir: str) -> str:
   return os.path.abspath(root)
 
 
+@functools.lru_cache(maxsize=2)
+def _tfds_decoded(tfds_dir: str, name: str, size: tuple, cache_dir: str, progress: bool) -> tuple:
+  # Memory-mapped after the first read, so holding the result costs no memory.
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax.data import tfds_builders
+  return tfds_builders.read_decoded(tfds_dir, size, name=name, cache_dir=cache_dir or None,
+                                    progress=progress)
+
+
+def _tfds_config(config: ml_collections.ConfigDict) -> tuple:
+  if config.dataset.name == 'synthetic':
+    raise ValueError("config.dataset.tfds_dir is set, but config.dataset.name='synthetic' is "
+                     'generated as folders: build it with fmn_jax.data.tfds_builders '
+                     "(--name=market1501) and set config.dataset.name='market1501'")
+  return (os.path.abspath(os.path.expanduser(config.dataset.tfds_dir)), config.dataset.name,
+          tuple(int(v) for v in config.dataset.cache_size), config.dataset.cache_dir,
+          bool(config.progress and parallel.is_main_process()))
+
+
 def load_reid_dataset(config: ml_collections.ConfigDict, workdir: str) -> data.ReidDataset:
-  """The configured dataset; 'synthetic' is generated (once) into the root first."""
+  """The configured dataset; 'synthetic' is generated (once) into the root first.
+
+  With config.dataset.tfds_dir set, the splits (and, in `decode`, their images) come from that
+  TFDS dataset (fmn_jax.data.tfds_builders; read without TensorFlow) and dataset.root is unused.
+  """
+  if config.dataset.tfds_dir:
+    return _tfds_decoded(*_tfds_config(config))[0]
   root = dataset_root(config, workdir)
   name = config.dataset.name
   if name == 'synthetic':
@@ -482,6 +507,13 @@ def load_reid_dataset(config: ml_collections.ConfigDict, workdir: str) -> data.R
 
 def decode(config: ml_collections.ConfigDict, split: data.Split) -> np.ndarray:
   """uint8 [N, H, W, 3] images of a split at config.dataset.cache_size (decoded once, cached)."""
+  if config.dataset.tfds_dir:
+    ds, arrays = _tfds_decoded(*_tfds_config(config))
+    for name in ('train', 'query', 'gallery'):
+      if tuple(getattr(ds, name).paths) == tuple(split.paths):
+        return arrays[name]
+    raise ValueError(f'config.dataset.tfds_dir={config.dataset.tfds_dir!r}: the split to decode '
+                     f'({len(split)} images, first {split.paths[0]!r}) is not one of its splits')
   return data.decode_split(split, tuple(config.dataset.cache_size),
                            cache_dir=config.dataset.cache_dir or None,
                            progress=config.progress and parallel.is_main_process())

@@ -264,6 +264,14 @@ def test_folder_named_identities(tmp_path):
   assert ds.pid_to_label == {1: 0, 2: 1}  # alice=1, bob=2, carol=3, dave=4
   assert ds.query.pids.tolist() == [3] and sorted(ds.gallery.pids.tolist()) == [3, 4]
   assert any('numbered' in n for n in ds.notes)
+  # Market-style junk (-1) and distractor (0) images beside named identities keep their meaning.
+  _img(str(tmp_path / 'gallery' / '-1_c2s1_000001_00.jpg'))
+  _img(str(tmp_path / 'gallery' / '0000_c2s1_000002_00.jpg'))
+  ds = load_dataset('folder', str(tmp_path))
+  assert ds.query.pids.tolist() == [3]
+  assert sorted(ds.gallery.pids.tolist()) == [-1, 0, 3, 4]
+  assert ds.gallery.junk.tolist() == [p == -1 for p in ds.gallery.pids.tolist()]
+  assert any('(-1 junk and 0 distractors kept)' in n for n in ds.notes)
 
 
 def test_folder_errors(tmp_path):
@@ -334,6 +342,17 @@ def test_unreadable_and_truncated_images(tmp_path):
   _check_market_like(ds)
   assert any('gallery: skipped 3 unreadable' in n for n in ds.notes)
   assert any('query: skipped 1 unreadable' in n for n in ds.notes)
+  # Complete but corrupt (its frame width zeroed): passes the quick check, so only skipping,
+  # which decodes every image, drops it, before its identity gets a training label.
+  corrupt = os.path.join(root, 'bounding_box_train', '0777_c1s1_000009_00.jpg')
+  sof = data.index(b'\xff\xc0')
+  with open(corrupt, 'wb') as f:
+    f.write(data[:sof + 7] + b'\x00\x00' + data[sof + 9:])
+  datasets.check_image_file(corrupt)
+  ds = load_dataset('market1501', root, skip_unreadable=True)
+  _check_market_like(ds)
+  assert any('train: skipped 1 unreadable' in n and '0777_c1s1' in n for n in ds.notes)
+  assert 777 not in ds.pid_to_label
 
 
 def test_split_of_only_unreadable_images_is_an_error(tmp_path):

@@ -17,10 +17,13 @@ Conventions (the same for every layout):
 
 The image check done here is quick (the file opens, its magic bytes are those of an image, and
 JPEG/PNG files end with their end marker, which catches truncated files); `decode_split` decodes
-every pixel and raises on anything PIL rejects.
+every pixel and raises on anything PIL rejects. With `skip_unreadable=True` every image is also
+decoded once here (slower: 10.6 s instead of 1.9 s for Market-1501's 36,036 images on a 2-core
+CPU), so that such a file is dropped before the training labels are made.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import os
 import re
@@ -28,7 +31,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+from fmn_jax import images
+
+# The same file types as the tools.
+IMAGE_EXTENSIONS = images.IMAGE_EXTENSIONS
 DATASET_NAMES = ('market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected', 'msmt17',
                  'folder')
 
@@ -97,6 +103,10 @@ _MAGIC = (
     (b'GIF8', 'gif'),
     (b'II*\x00', 'tiff'),
     (b'MM\x00*', 'tiff'),
+    (b'P1', 'pnm'),  # PBM, PGM, PPM: ASCII (P1-P3) and binary (P4-P6)
+    (b'P2', 'pnm'),
+    (b'P3', 'pnm'),
+    (b'P4', 'pnm'),
     (b'P5', 'pnm'),
     (b'P6', 'pnm'),
 )
@@ -178,16 +188,39 @@ def _parse_names(folder: str, pattern: re.Pattern, layout: str) -> list:
   return items
 
 
+def _decodes(path: str) -> None:
+  """Raises UnreadableImageError (naming `path`) if PIL cannot decode every pixel of the file."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im.load()
+  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    raise UnreadableImageError(f'cannot decode image {path}: {e}') from e
+
+
 def _filter_readable(items: list, skip_unreadable: bool, split_name: str, notes: list) -> list:
-  kept, skipped = [], []
-  for item in items:
+  """The readable items. Without skipping, the quick check (a corrupt file then stops the decode
+  with its name); with skipping, every image is also decoded once, so that a complete but corrupt
+  file is dropped here, before the labels are made, and not met later in the decode."""
+
+  def check(item):
     try:
       check_image_file(item.path)
-      kept.append(item)
-    except UnreadableImageError:
+      if skip_unreadable:
+        _decodes(item.path)
+      return None
+    except UnreadableImageError as e:
       if not skip_unreadable:
         raise
-      skipped.append(item.path)
+      return e
+
+  if skip_unreadable:
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool:
+      errors = list(pool.map(check, items))
+  else:
+    errors = [check(item) for item in items]
+  kept = [item for item, e in zip(items, errors) if e is None]
+  skipped = [item.path for item, e in zip(items, errors) if e is not None]
   if skipped:
     notes.append(f'{split_name}: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}')
   return kept
@@ -389,9 +422,14 @@ def _load_folder(name: str, root: str, skip_unreadable: bool, notes: list) -> Re
   if all(re.fullmatch(r'-?\d+', n) for n in names):
     to_pid = {n: int(n) for n in names}
   else:
-    to_pid = {n: i + 1 for i, n in enumerate(names)}
-    notes.append(f'identity folder names are not all integers: the {len(names)} names were '
-                 f'numbered 1..{len(names)} in sorted order')
+    # Junk (-1) and distractors (0) keep their meaning; the other names are numbered.
+    special = {n: int(n) for n in names if re.fullmatch(r'-?0*[01]', n) and int(n) in (-1, 0)}
+    others = [n for n in names if n not in special]
+    to_pid = {n: i + 1 for i, n in enumerate(others)}
+    to_pid.update(special)
+    notes.append(f'identity folder names are not all integers: the {len(others)} names were '
+                 f'numbered 1..{len(others)} in sorted order'
+                 + (' (-1 junk and 0 distractors kept)' if special else ''))
   eval_has_cams = all(e[2] is not None for s in ('query', 'gallery') for e in raw[s])
   items = {}
   for split_name, entries in raw.items():
