@@ -374,7 +374,10 @@ def run_eval(parts: List[str]) -> dict:
     cmd = [sys.executable, '-m', 'fmn_jax.benchmark', '--what=eval', f'--child={part}',
            f'--num_query={FLAGS.num_query}', f'--num_gallery={FLAGS.num_gallery}',
            f'--dim={FLAGS.dim}', f'--seed={FLAGS.seed}', f'--repeats={FLAGS.repeats}']
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # The parent may hold most of a GPU's memory already (JAX preallocates 75% of it when the
+    # training part ran first): the child allocates what it needs instead of 75% of the rest.
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
     if proc.returncode != 0 or not lines:
       raise RuntimeError(f'benchmark part {part!r} failed (exit {proc.returncode}):\n'

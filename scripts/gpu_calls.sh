@@ -12,24 +12,33 @@
 #             (65.4 MB with the tree; the limit is 64 MiB = 67.1 MB). Unpacks Market-1501 into $DATA,
 #             installs ml_collections and clu into $SITE (and wrapt, tqdm, flatbuffers where
 #             the image lacks them), decodes the image cache, runs
-#             configs/demo.py:ci as a smoke test, then the benchmark.
-#             Out: data_times.txt, smoke.log, env.json, benchmark_<gpu>.json, setup.log
-#   train     carry .devdata/resnet50_imagenet_f16.npz .devdata/wheels_pinned. If setup's smoke
+#             configs/demo.py:ci as a smoke test (and the benchmark with SETUP_BENCH=1: it is
+#             left to the bench step by default, so that training comes first).
+#             Out: data_times.txt, smoke.log, env.json, setup.log
+#   train     carry .devdata/resnet50_imagenet_f16.npz .devdata/wheels_pinned on the first train
+#             call (later calls find them in $DATA and $SITE while the machine is warm). If setup's smoke
 #             run failed with the image's flax/optax/orbax, installs the pinned ones (those the
 #             test suite ran with) and runs it again. Then configs/market.py: stage 1, stage 2
 #             with the pool1 mask, evaluation. Out: market_fmn.json, market_mask_pool1.json,
 #             grn_log.jsonl, mask_pool1_log.jsonl, train.log
-#   bench     the benchmark alone (when setup had no time left for it)
+#   bench     the benchmark (BENCH_ARGS, default --what=all). Out: benchmark_<gpu>.json
 #   ablation  the res2, res3 and res4 masks of the paper's Table 5, from the same stage 1.
 #             Out: market_mask_<layer>.json, ablation.log
 #   lr_study  stage 2 at fmn.lr_mn 1e-6 (a mask frozen at 1), 1.0 and 0.01 (LR_MN), from the same
 #             stage 1 (the train step ran 0.1).
-#             Out: market_mask_lr_study.json, lr_study.log
+#             A run that stops by itself (NaN loss) is recorded as failed and not run again.
+#             Out: market_lr_mn_study.json, lr_study.log
+# Order by value for a 30-minute device budget: setup, train (until done), bench, ablation,
+# lr_study. Estimated on an H100 (224x224 bf16, batch 64): setup 3-5 min, train 8-12 min (stage 1
+# 6,060 steps, stage 2 9,090 steps, evaluation), bench 2-4 min, ablation 14-18 min (two calls),
+# lr_study 17-20 min: the last two do not both fit one session.
+# Training runs save a checkpoint every CKPT_STEPS steps (404 = 2 epochs), so a call cut at the
+# deadline loses at most that much.
 # Then copy the JSON files into results/ here and commit them.
 # Env: DATA (/tmp/data), SITE (/tmp/site), WORK (/tmp/work), DEVDATA (.devdata), DEADLINE (575 s),
 # EXTRA (config overrides for every training run, space separated, e.g. for a CPU dry run on a
 # subset), CACHE_SIZE (224,224: the decoded size setup prepares), BENCH_ARGS (--what=all),
-# PYTHON (python3).
+# SETUP_BENCH (0), CKPT_STEPS (404), PYTHON (python3).
 set -uo pipefail
 STEP=${1:-}
 case "$STEP" in
@@ -41,7 +50,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DATA=${DATA:-/tmp/data}; SITE=${SITE:-/tmp/site}; WORK=${WORK:-/tmp/work}
 DEVDATA=${DEVDATA:-.devdata}; DEADLINE=${DEADLINE:-575}
-read -ra extra <<< "${EXTRA:-}"
+read -ra extra <<< "--config.checkpoint.every_steps=${CKPT_STEPS:-404} ${EXTRA:-}"
 mkdir -p "$OUT" "$DATA" "$SITE"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 # Compiled steps are kept across calls: a resumed run does not compile again.
@@ -151,6 +160,7 @@ run_step() {
         --cache_dir="$ROOT/.fmn_jax_cache" > "$OUT/data_times.txt" 2>&1
       rc=$?; cat "$OUT/data_times.txt"; [ $rc -eq 0 ] || status "error: decoding the images failed" 1
       smoke image || status "the smoke run failed with the image's flax/optax/orbax (smoke.log): go on with the train step, which carries the pinned ones" 0
+      [ "${SETUP_BENCH:-0}" = 1 ] || status done
       bench; rc=$?
       [ $rc -eq 124 ] && status "again: the benchmark was cut; go on with the train step and call the bench step later" 3
       finish $rc
@@ -169,7 +179,7 @@ run_step() {
     lr_study)
       need_data weights
       within "$PY" scripts/mask_lr_study.py --grn_workdir="$WORK/grn" --work="$WORK/study" \
-        --lr_mn="${LR_MN:-1e-6,1.0,0.01}" --out="$OUT/market_mask_lr_study.json" -- \
+        --lr_mn="${LR_MN:-1e-6,1.0,0.01}" --out="$OUT/market_lr_mn_study.json" -- \
         --config=configs/market.py --config.dataset.root="$ROOT" --config.model.pretrained="$WEIGHTS" \
         --config.progress=false "${extra[@]}"
       finish $?

@@ -10,7 +10,10 @@ the final GRN / LAN / FMN / FMN+rerank metrics of `results.json`, and writes one
         --config=configs/market.py --config.dataset.root=... [same overrides as stage 1]
 
 `none` leaves lr_mn unset (the MN then trains at lr_head). Everything after `--` goes to every run
-of `python -m fmn_jax.main` and must describe the same model as the stage-1 run.
+of `python -m fmn_jax.main` and must describe the same model as the stage-1 run. A finished run is
+not trained again. A run that stops by itself (exit 1: a NaN loss, a bad value) is recorded as
+`{"error": ...}` and in its folder's `failed.txt` (delete it to retry), and the study goes on; a
+killed run (the caller's time limit) stops the study, and the next call resumes it.
 """
 
 import argparse
@@ -39,6 +42,19 @@ def _summary(workdir: str) -> dict:
              for name in ('GRN', 'LAN', 'FMN', 'FMN+rerank') if name in results}
   return {'epochs': epochs, 'metrics': metrics,
           'stage_seconds': results.get('stage_seconds', {})}
+
+
+def _last_error(workdir: str) -> str:
+  """The message of the run log's last 'error' record ('' when none)."""
+  message = ''
+  path = os.path.join(workdir, 'log.jsonl')
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        rec = json.loads(line)
+        if rec.get('kind') == 'error':
+          message = rec.get('message', '')
+  return message
 
 
 def main(argv=None):
@@ -70,7 +86,11 @@ def main(argv=None):
   for value in values:
     workdir = os.path.join(args.work, f'lr_mn_{value}')
     ckpts = os.path.join(workdir, 'checkpoints')
-    if not os.path.exists(os.path.join(workdir, 'results.json')):
+    failed = os.path.join(workdir, 'failed.txt')
+    if os.path.exists(failed):  # Stopped for good (e.g. a NaN loss): not run again.
+      with open(failed) as f:
+        runs[value] = {'error': f.read().strip()}
+    elif not os.path.exists(os.path.join(workdir, 'results.json')):
       os.makedirs(ckpts, exist_ok=True)
       shutil.rmtree(os.path.join(ckpts, 'grn'), ignore_errors=True)
       shutil.copytree(grn_ckpt, os.path.join(ckpts, 'grn'))
@@ -81,9 +101,19 @@ def main(argv=None):
         cmd.append(f'--config.fmn.lr_mn={value}')
       print('+', ' '.join(cmd), flush=True)
       t0 = time.time()
-      subprocess.run(cmd, check=True)
-      print(f'lr_mn={value}: {time.time() - t0:.0f} s', flush=True)
-    runs[value] = _summary(workdir)
+      rc = subprocess.run(cmd, check=False).returncode
+      print(f'lr_mn={value}: {time.time() - t0:.0f} s, exit {rc}', flush=True)
+      if rc == 1:
+        # fmn_jax.main stopped by itself (a NaN loss, a bad value): it would stop the same way
+        # again on resume, so the run is recorded as failed and the study goes on.
+        message = _last_error(workdir) or 'exit 1'
+        with open(failed, 'w') as f:
+          f.write(message)
+        runs[value] = {'error': message}
+      elif rc != 0:
+        sys.exit(rc if rc > 0 else 1)  # killed or cut: the next call resumes this run
+    if value not in runs:
+      runs[value] = _summary(workdir)
     with open(args.out, 'w') as f:  # after every run, so a stopped study keeps what it has
       json.dump({'command_extra': extra, 'grn_workdir': args.grn_workdir, 'runs': runs}, f,
                 indent=2, sort_keys=True)

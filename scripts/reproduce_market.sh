@@ -32,8 +32,19 @@ mkdir -p "$RESULTS"
 common=(--config="$HERE/configs/market.py" --config.dataset.root="$ROOT"
         --config.model.pretrained="$WEIGHTS" "${EXTRA[@]}")
 
-# Stage 1 once; every mask layer reuses the same GRN checkpoint.
-"$PY" -m fmn_jax.main "${common[@]}" --workdir="$WORK/grn" --config.stages=grn
+# Stage 1 once; every mask layer reuses the same GRN checkpoint. A later call with the same
+# arguments does not start it again once it finished (its last checkpoint is the stage's last step).
+grn_args=$(printf '%s\n' "${common[@]}")
+if [ "$(cat "$WORK/grn/reproduce.args" 2>/dev/null)" = "$grn_args" ] && "$PY" -c '
+import sys
+from fmn_jax import train
+latest, total = train.stage_progress(sys.argv[1], "grn")
+sys.exit(0 if latest is not None and latest == total else 1)' "$WORK/grn" 2>/dev/null; then
+  echo "stage 1 finished before in $WORK/grn"
+else
+  "$PY" -m fmn_jax.main "${common[@]}" --workdir="$WORK/grn" --config.stages=grn
+  echo "$grn_args" > "$WORK/grn/reproduce.args"
+fi
 
 for layer in $MASKS; do
   wd="$WORK/mask_$layer"
@@ -41,14 +52,29 @@ for layer in $MASKS; do
   # A layer finished by an earlier call with the same arguments is not evaluated again: its
   # result files are written anew (RESULTS may be a fresh folder each call).
   args=$(printf '%s\n' "${common[@]}" "$layer")
+  if [ -f "$wd/failed.txt" ] && [ "$(cat "$wd/reproduce.args" 2>/dev/null)" = "$args" ]; then
+    echo "mask $layer failed before, not run again (delete $wd/failed.txt to retry): $(cat "$wd/failed.txt")"
+    failed=1; continue
+  fi
   note=" (finished before)"
   if [ ! -f "$wd/reproduce.json" ] || [ "$(cat "$wd/reproduce.args" 2>/dev/null)" != "$args" ]; then
     note=""
+    rm -f "$wd/failed.txt"
     # Stage 2 + evaluation starting from the shared stage-1 checkpoint.
     rm -rf "$wd/checkpoints/grn"; mkdir -p "$wd/checkpoints"
     cp -r "$WORK/grn/checkpoints/grn" "$wd/checkpoints/grn"
+    rc=0
     "$PY" -m fmn_jax.main "${common[@]}" --workdir="$wd" --config.model.mask_layer="$layer" \
-      --config.stages=fmn,eval
+      --config.stages=fmn,eval || rc=$?
+    if [ $rc -eq 1 ]; then
+      # fmn_jax.main stopped by itself (NaN loss, bad value): it would stop the same way on
+      # resume, so the layer is recorded as failed and the next layers still run.
+      echo "$args" > "$wd/reproduce.args"
+      echo "exit 1: see the run's log.jsonl and the output above" > "$wd/failed.txt"
+      echo "mask $layer failed (exit 1); going on with the next layer"; failed=1
+      continue
+    fi
+    [ $rc -eq 0 ] || exit $rc  # killed or cut: the same command resumes
     "$PY" - "$wd" "$layer" "$WORK/grn" <<'PY'
 import json, os, sys
 import jax
@@ -71,3 +97,4 @@ PY
     cp "$wd/reproduce.json" "$RESULTS/$name"; echo "wrote $RESULTS/$name$note"
   done
 done
+exit "${failed:-0}"

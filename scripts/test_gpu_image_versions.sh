@@ -5,7 +5,7 @@
 #   bash scripts/test_gpu_image_versions.sh [VENV_DIR] [-- PYTEST_ARGS...]
 #       the test suite in a venv with those versions (and the test extras).
 #   bash scripts/test_gpu_image_versions.sh --gpu_calls [VENV_DIR]
-#       scripts/gpu_calls.sh setup, train, ablation and lr_study on a synthetic Market-1501 with a
+#       scripts/gpu_calls.sh setup, train, bench, ablation and lr_study on a synthetic Market-1501 with a
 #       tiny network, in a venv with only what the image has (the versions above, scipy,
 #       scikit-image, matplotlib, tensorboard: no ml_collections, clu, wrapt, tqdm, flatbuffers),
 #       carrying the wheels pack_for_gpu.sh packs, as the device calls do.
@@ -90,7 +90,7 @@ export EXTRA='--config.model.pretrained= --config.model.width=8 --config.model.s
   --config.fmn.batch_size=16 --config.eval.batch_size=64'
 EXTRA=$(echo $EXTRA)
 export BENCH_ARGS='--what=eval --parts=distances,evaluation --num_query=20 --num_gallery=60 --dim=16 --repeats=1'
-for step in setup train ablation lr_study; do
+for step in setup train bench ablation lr_study; do
   OUT=$work/out_$step bash scripts/gpu_calls.sh "$step" > "$work/$step.txt" 2>&1 || true
   grep '\[gpu_calls' "$work/$step.txt"
   if ! grep -q 'STATUS: done' "$work/$step.txt"; then

@@ -49,6 +49,17 @@ def test_mask_lr_study_on_the_suite_run(tiny_run, tmp_path):
   again = subprocess.run(cmd, env=tiny_run['env'], cwd=REPO, check=True, capture_output=True,
                          text=True)
   assert '+ ' not in again.stdout and json.loads(out.read_text()) == study
+  # A run that stops by itself (here a bad value; a NaN loss ends the same way) is recorded, the
+  # study goes on, and a later call does not start it again.
+  failing = [c.replace('--lr_mn=1e-3', '--lr_mn=2e-3,1e-3') for c in cmd] + [
+      '--config.fmn.margin=-1']
+  first = subprocess.run(failing, env=tiny_run['env'], cwd=REPO, capture_output=True, text=True)
+  assert first.returncode == 0, first.stderr[-3000:]
+  runs = json.loads(out.read_text())['runs']
+  assert runs['2e-3'] == {'error': 'exit 1'} and runs['1e-3'] == study['runs']['1e-3']
+  assert (tmp_path / 'work' / 'lr_mn_2e-3' / 'failed.txt').exists()
+  second = subprocess.run(failing, env=tiny_run['env'], cwd=REPO, capture_output=True, text=True)
+  assert second.returncode == 0 and '+ ' not in second.stdout
 
 
 def test_mask_lr_study_needs_a_stage1_run(tmp_path):
@@ -163,13 +174,15 @@ def test_gpu_calls_steps_on_a_synthetic_market(tiny_run, tmp_path):
   assert (tmp_path / 'site' / 'fmnjaxprobe' / '__init__.py').exists()
   assert 'pytest is not' not in setup.stdout and not (tmp_path / 'site' / 'pytest').exists()
   out = tmp_path / 'o2'
-  assert {'setup.log', 'smoke.log', 'env.json', 'data_times.txt', 'benchmark_cpu.json'} <= set(
-      os.listdir(out))
+  assert {'setup.log', 'smoke.log', 'env.json', 'data_times.txt'} <= set(os.listdir(out))
+  assert not any(n.startswith('benchmark_') for n in os.listdir(out))  # left to the bench step
   versions = json.loads((out / 'env.json').read_text())
   assert versions['device_count'] >= 1 and versions['pinned_wheels'] is False
   assert versions['flax'] != 'missing' and versions['orbax-checkpoint'] != 'missing'
   assert 'cold:' in (out / 'data_times.txt').read_text()
-  bench = json.loads((out / 'benchmark_cpu.json').read_text())
+  bench_call = call('bench', 'o2b')
+  assert bench_call.returncode == 0, bench_call.stdout[-3000:]
+  bench = json.loads((tmp_path / 'o2b' / 'benchmark_cpu.json').read_text())
   assert 'distances' in json.dumps(bench)
 
   train = call('train', 'o3')
@@ -186,6 +199,7 @@ def test_gpu_calls_steps_on_a_synthetic_market(tiny_run, tmp_path):
   # evaluated again, and the result files come back as they were.
   again = call('train', 'o4')
   assert again.returncode == 0 and '(finished before)' in again.stdout, again.stdout[-3000:]
+  assert 'stage 1 finished before' in again.stdout
   assert json.loads((tmp_path / 'o4' / 'market_fmn.json').read_text()) == result
 
   # A step without the time to run says so and asks to be called again.
