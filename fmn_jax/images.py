@@ -97,7 +97,8 @@ def load_image(path: str, size: Optional[Tuple[int, int]] = None,
       img.seek(0)  # First frame of animated GIF/WebP/multi-page TIFF.
       img.load()
       arr = to_rgb(img, background)
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+          Image.DecompressionBombError) as e:
     raise UnreadableImageError(path, f'{type(e).__name__}: {e}') from None
   if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
     raise UnreadableImageError(path, f'empty image of shape {arr.shape}')

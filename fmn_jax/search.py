@@ -67,11 +67,11 @@ def figure_names(query_names: Sequence[str]) -> List[str]:
   the later ones get '_2', '_3', ... before '.png'), so no figure overwrites another."""
   seen, out = set(), []
   for q in query_names:
-    name = figure_name(q)
+    name = base = figure_name(q)
     k = 1
     while name.lower() in seen:  # lower(): also distinct on case-insensitive file systems
       k += 1
-      name = f'{figure_name(q)[:-4]}_{k}.png'
+      name = f'{base[:-4]}_{k}.png'
     seen.add(name.lower())
     out.append(name)
   return out
@@ -95,13 +95,15 @@ def results_json(query_names: Sequence[str], gallery_names: Sequence[str], indic
 
 
 def _features(source: str, model, variables, config, *, skip_unreadable: bool, progress: bool,
-              what: str) -> extract_lib.Features:
-  """Loads a features .npz, or extracts from a folder / image / list."""
+              what: str, want: Dict[str, Any]) -> extract_lib.Features:
+  """Loads a features .npz, or extracts from a folder / image / list.
+
+  `want`: `extract.extraction_meta` of this model and config, which a loaded file must match.
+  """
   if isinstance(source, str) and source.endswith('.npz'):
     feats = extract_lib.load_features(source)
     # What the file records must be this model's and its evaluation's (older files lack some
     # keys: those are not checked).
-    want = extract_lib.extraction_meta(variables, config)
     wrong = [f'{key} {feats.meta[key]!r} (this model: {value!r})' for key, value in want.items()
              if key in feats.meta and feats.meta[key] != value]
     if wrong:
@@ -164,10 +166,11 @@ def search(model, variables, config, query: str, gallery: str, *, top: int = 10,
     The search.json content.
   """
   if _is_npz(query) or _is_npz(gallery):
+    want = extract_lib.extraction_meta(variables, config)
     q = _features(query, model, variables, config, skip_unreadable=skip_unreadable,
-                  progress=progress, what='query')
+                  progress=progress, what='query', want=want)
     g = _features(gallery, model, variables, config, skip_unreadable=skip_unreadable,
-                  progress=progress, what='gallery')
+                  progress=progress, what='gallery', want=want)
   else:  # One extraction pass (one compilation) for both sets.
     q_paths, q_names = images_lib.list_images(query)
     g_paths, g_names = images_lib.list_images(gallery)

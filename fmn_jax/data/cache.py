@@ -18,7 +18,6 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
 from fmn_jax import images
 from fmn_jax.data import datasets
@@ -101,23 +100,16 @@ def check_size(size, name: str = 'size') -> tuple:
 def decode_image(path: str, size: tuple) -> np.ndarray:
   """Decodes one image file to uint8 RGB [H, W, 3], resized to `size` = (H, W).
 
-  The pixels are those of the tools (`fmn_jax.images.load_image`): any mode converted by
-  `images.to_rgb`, resized with `images.RESAMPLE`. Raises datasets.UnreadableImageError naming
+  The pixels are those of the tools: it is `fmn_jax.images.load_image` (any mode converted by
+  `images.to_rgb`, resized with `images.RESAMPLE`) after the quick file check. Raises datasets.UnreadableImageError naming
   the path on any decoding problem, truncation included (also when another library set PIL's
   LOAD_TRUNCATED_IMAGES).
   """
   datasets.check_image_file(path)
   try:
-    with Image.open(path) as im:
-      im.seek(0)
-      im.load()
-      arr = images.to_rgb(im)
-    if arr.ndim != 3 or not arr.shape[0] or not arr.shape[1]:
-      raise ValueError(f'empty image of shape {arr.shape}')
-    arr = images.resize(arr, size)
-  except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    return images.load_image(path, size)
+  except (images.UnreadableImageError, FileNotFoundError) as e:
     raise datasets.UnreadableImageError(f'cannot decode image {path}: {e}') from e
-  return arr
 
 
 def _decode_into(out: np.ndarray, paths: Sequence[str], size: tuple, progress: bool,
