@@ -8,8 +8,8 @@ k1, k2, lambda_value)` computes, step for step, without its dense N x N work arr
 1. O = [[qq, qg], [qg^T, gg]] is squared in the input dtype and cast to float32 (T); each row
    of T is divided by its maximum over all N items (the reference divides by `max(axis=0)` and
    transposes, the same for the symmetric qq and gg that distance matrices are).
-2. Only the k1+1 nearest neighbours of every row are needed: they are found block by block with
-   `lax.top_k` (ties to the lower index), so no N x N array is ever formed.
+2. Only the max(k1+1, k2) nearest neighbours of every row are needed: they are found block by
+   block with `lax.top_k` (ties to the lower index), so no N x N array is ever formed.
 3. R(i) = members of top-(k1+1)(i) that have i in their own top-(k1+1). For every c in R(i),
    R_half(c) (the same with the top round(k1/2)+1) is added when
    |R_half(c) & R(i)| > 2/3 |R_half(c)|. V[i, e] = exp(-d[i, e]) / sum over the expanded set,
@@ -391,11 +391,14 @@ def _rerank(src, nq: int, ng: int, k1: int, k2: int, lambda_value: float,
   k = min(int(k1) + 1, n)
   kh = min(int(np.around(k1 / 2.)) + 1, n)
   kq = min(int(k2), n)
+  # The table holds the first max(k1 + 1, k2) neighbours: the reciprocal sets read its first
+  # k1 + 1 columns, the query expansion its first k2 (which may be more, e.g. k1=3, k2=6).
+  kt = max(k, kq)
   if block_rows is None:
     block_rows = max(1, min(1024, _block_elements() // n))
 
   # Pass 1: nearest neighbours and row maxima, block by block.
-  top = np.empty((n, k), np.int32)
+  top = np.empty((n, kt), np.int32)
   rowmax = np.empty((n,), np.float32)
   finite = np.empty((n,), bool)
   pending = []
@@ -410,7 +413,7 @@ def _rerank(src, nq: int, ng: int, k1: int, k2: int, lambda_value: float,
     b = min(block_rows, size)
     for s in _block_starts(size, b):
       # Dispatched asynchronously; at most two blocks in flight bound the memory.
-      pending.append((offset + s, b, src.pass1(s, b, gallery, k)))
+      pending.append((offset + s, b, src.pass1(s, b, gallery, kt)))
       if len(pending) > 2:
         collect()
   while pending:
@@ -424,8 +427,9 @@ def _rerank(src, nq: int, ng: int, k1: int, k2: int, lambda_value: float,
 
   # k-reciprocal expansion sets and their weights.
   top_d = jnp.asarray(top)
-  half_mask, half_count = _half_sets(top_d, kh=kh)
-  cand, count = _map_rows(_expansion_rows, n, 2048, top_d, half_mask, half_count)
+  top_k1 = top_d[:, :k]
+  half_mask, half_count = _half_sets(top_k1, kh=kh)
+  cand, count = _map_rows(_expansion_rows, n, 2048, top_k1, half_mask, half_count)
   w1 = min(_round_up(int(jnp.max(count))), cand.shape[1])
   idx1 = cand[:, :w1]
   rows = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], (n, w1))
@@ -550,6 +554,12 @@ def rerank_features(qf, gf, k1=20, k2=6, lambda_value=0.3) -> np.ndarray:
   qf, gf = jnp.asarray(qf), jnp.asarray(gf)
   for name, a in (('qf', qf), ('gf', gf)):
     metrics._check_features(name, a)  # pylint: disable=protected-access
+    # Checked here: one bad feature makes every row's distances non-finite, so the distance
+    # check below could not tell which item it was.
+    bad = ~np.asarray(jnp.all(jnp.isfinite(a), axis=1))
+    if bad.any():
+      raise ValueError(f'k-reciprocal re-ranking: {name} row {int(np.argmax(bad))} has a '
+                       f'non-finite value ({int(bad.sum())} such rows)')
   if qf.shape[1] != gf.shape[1]:
     raise ValueError(f'qf {tuple(qf.shape)} and gf {tuple(gf.shape)} have different feature '
                      'dimensions')

@@ -131,6 +131,7 @@ def test_trapezoid_ap_matches_official_code(golden, suffix):
   hits = np.round(r['cmc'] * 57).astype(int)
   np.testing.assert_array_equal(hits, np.round(g['ly_cmc' + suffix] * 60).astype(int))
   np.testing.assert_allclose(r['cmc'][:50] * 57 / 60, g['ly_cmc' + suffix][:50], atol=1e-7)
+  assert abs(np.nansum(r['ap_per_query']) / 60 - g['ly_mAP' + suffix]) < 1e-12
 
 
 def test_trapezoid_never_above_standard(golden):

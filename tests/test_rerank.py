@@ -65,9 +65,14 @@ def _check_metrics(g, key, distmat, map_atol):
   np.testing.assert_allclose(r['ap_per_query'], g[key + '_tr_ap_per_query'], rtol=0,
                              atol=map_atol)
   valid = g['valid_query_mask']
-  t = metrics.evaluate_ranking(distmat, *_ids(g), ap='trapezoid')
+  t = metrics.evaluate_ranking(distmat, *_ids(g), max_rank=400, ap='trapezoid')
   np.testing.assert_allclose(t['ap_per_query'][valid], g[key + '_ly_ap_per_query'][valid],
                              rtol=0, atol=map_atol)
+  # layumi divides CMC and mAP by all 60 queries (a query without a match counts as a miss).
+  nq = len(valid)
+  assert abs(np.nansum(t['ap_per_query']) / nq - g[key + '_ly_mAP']) <= map_atol
+  np.testing.assert_allclose(t['cmc'] * t['num_valid'] / nq, g[key + '_ly_cmc'], rtol=0,
+                             atol=1e-6)
 
 
 @pytest.mark.parametrize('key', sorted(_VARIANTS))
@@ -77,7 +82,9 @@ def test_golden_metrics_of_reranked_matrices(golden, key):
 
 @pytest.mark.parametrize('key', sorted(_VARIANTS))
 def test_rerank_matches_golden(golden, key):
-  out = rerank.k_reciprocal_rerank(*_VARIANTS[key](golden), k1=20, k2=6, lambda_value=0.3)
+  params = {k: golden[k].item() for k in ('k1', 'k2', 'lambda_value')}
+  assert params == {'k1': 20, 'k2': 6, 'lambda_value': pytest.approx(0.3)}  # the paper's
+  out = rerank.k_reciprocal_rerank(*_VARIANTS[key](golden), **params)
   assert out.dtype == np.float32 and out.shape == (60, 400)
   np.testing.assert_allclose(out, golden[key], rtol=0, atol=1e-6)
   _check_metrics(golden, key, out, map_atol=1e-5)
@@ -170,6 +177,8 @@ def _dense_rerank(q_g, q_q, g_g, k1, k2, lambda_value):
     (5, 40, 20, 6, 0.3),     # the paper's parameters
     (3, 9, 20, 6, 0.3),      # fewer items than k1 + 1
     (6, 30, 5, 1, 0.5),      # odd k1 (round(2.5) = 2), no query expansion
+    (4, 30, 3, 6, 0.3),      # k2 > k1 + 1: the expansion reads past the reciprocal sets
+    (4, 30, 4, 10, 0.3),
 ])
 def test_matches_dense_transcription(nq, ng, k1, k2, lambda_value):
   rng = np.random.default_rng(nq * 100 + ng)
@@ -202,3 +211,10 @@ def test_bad_inputs():
     rerank.k_reciprocal_rerank(bad, q_q, g_g)
   with pytest.raises(ValueError, match='different feature dimensions'):
     rerank.rerank_features(np.ones((2, 3)), np.ones((4, 5)))
+  qf, gf = x[:3].copy(), x[3:].copy()
+  qf[2, 1] = np.inf
+  with pytest.raises(ValueError, match=r'qf row 2 has a non-finite value \(1 such rows\)'):
+    rerank.rerank_features(qf, gf)
+  gf[5, 0] = np.nan
+  with pytest.raises(ValueError, match='gf row 5'):
+    rerank.rerank_features(x[:3], gf)
