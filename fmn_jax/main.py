@@ -8,6 +8,11 @@ Runs stage 1 (GRN), stage 2 (MN + LAN) and the evaluation, resuming from the lat
 in --workdir, and writes DIR/results.json, DIR/log.jsonl, DIR/curves.png (and DIR/tensorboard/
 when tensorboard is installed). Any config value can be overridden with --config.KEY=VALUE; the
 config is locked, so an unknown key is an error.
+
+Exit status 4 (`EXIT_STOPPED`): the run stopped by itself on a bad config key or value, a bad
+input file or a non-finite loss, and the same command would stop the same way; the error is on stderr and in
+log.jsonl. Any other non-zero status (a crash, a lost device, a kill) is worth a retry: the same
+command resumes from the last checkpoint.
 """
 
 import importlib.util
@@ -21,6 +26,7 @@ import ml_collections
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
+EXIT_STOPPED = 4
 
 
 def define_flags() -> None:
@@ -71,11 +77,11 @@ def parse_flags(argv):
     return FLAGS(argv)
   except flags.Error as e:
     print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(EXIT_STOPPED)
   except (AttributeError, KeyError) as e:
     message = _unknown_override(argv) or f'bad --config override: {e}'
     print(f'FATAL Flags parsing error: {message}', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(EXIT_STOPPED)
 
 
 def main(argv):
@@ -95,7 +101,7 @@ def main(argv):
     results = train.train_and_evaluate(config, FLAGS.workdir)
   except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(EXIT_STOPPED)
   if not parallel.is_main_process():
     return
   workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))

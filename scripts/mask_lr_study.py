@@ -11,9 +11,10 @@ the final GRN / LAN / FMN / FMN+rerank metrics of `results.json`, and writes one
 
 `none` leaves lr_mn unset (the MN then trains at lr_head). Everything after `--` goes to every run
 of `python -m fmn_jax.main` and must describe the same model as the stage-1 run. A finished run is
-not trained again. A run that stops by itself (exit 1: a NaN loss, a bad value) is recorded as
-`{"error": ...}` and in its folder's `failed.txt` (delete it to retry), and the study goes on; a
-killed run (the caller's time limit) stops the study, and the next call resumes it.
+not trained again. A run that stops by itself (exit 4, `fmn_jax.main.EXIT_STOPPED`: a NaN loss, a
+bad value) is recorded as `{"error": ...}` and in its folder's `failed.txt` (delete it to retry),
+and the study goes on; a run that crashes or is killed (the caller's time limit) stops the study,
+and the next call resumes it.
 """
 
 import argparse
@@ -23,6 +24,8 @@ import shutil
 import subprocess
 import sys
 import time
+
+EXIT_STOPPED = 4  # fmn_jax.main.EXIT_STOPPED; not imported, so this script needs the stdlib only
 
 
 def _summary(workdir: str) -> dict:
@@ -103,15 +106,15 @@ def main(argv=None):
       t0 = time.time()
       rc = subprocess.run(cmd, check=False).returncode
       print(f'lr_mn={value}: {time.time() - t0:.0f} s, exit {rc}', flush=True)
-      if rc == 1:
+      if rc == EXIT_STOPPED:
         # fmn_jax.main stopped by itself (a NaN loss, a bad value): it would stop the same way
         # again on resume, so the run is recorded as failed and the study goes on.
-        message = _last_error(workdir) or 'exit 1'
+        message = _last_error(workdir) or f'exit {EXIT_STOPPED}'
         with open(failed, 'w') as f:
           f.write(message)
         runs[value] = {'error': message}
       elif rc != 0:
-        sys.exit(rc if rc > 0 else 1)  # killed or cut: the next call resumes this run
+        sys.exit(rc if rc > 0 else 1)  # crashed, killed or cut: the next call resumes this run
     if value not in runs:
       runs[value] = _summary(workdir)
     with open(args.out, 'w') as f:  # after every run, so a stopped study keeps what it has

@@ -66,15 +66,16 @@ for layer in $MASKS; do
     rc=0
     "$PY" -m fmn_jax.main "${common[@]}" --workdir="$wd" --config.model.mask_layer="$layer" \
       --config.stages=fmn,eval || rc=$?
-    if [ $rc -eq 1 ]; then
-      # fmn_jax.main stopped by itself (NaN loss, bad value): it would stop the same way on
-      # resume, so the layer is recorded as failed and the next layers still run.
+    if [ $rc -eq 4 ]; then
+      # fmn_jax.main stopped by itself (EXIT_STOPPED: a NaN loss, a bad value): it would stop
+      # the same way on resume, so the layer is recorded as failed and the next layers still run.
       echo "$args" > "$wd/reproduce.args"
-      echo "exit 1: see the run's log.jsonl and the output above" > "$wd/failed.txt"
-      echo "mask $layer failed (exit 1); going on with the next layer"; failed=1
+      echo "exit 4: see the run's log.jsonl and the output above" > "$wd/failed.txt"
+      echo "mask $layer failed (exit 4); going on with the next layer"; failed=1
       continue
     fi
-    [ $rc -eq 0 ] || exit $rc  # killed or cut: the same command resumes
+    # Crashed, killed or cut (any other status): the same command resumes this layer.
+    [ $rc -eq 0 ] || exit $rc
     "$PY" - "$wd" "$layer" "$WORK/grn" <<'PY'
 import json, os, sys
 import jax

@@ -1,5 +1,6 @@
 """The reproduction scripts in scripts/: argument checks, and the lr_mn study on the suite's run."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +22,67 @@ def test_reproduce_market_names_a_missing_root(tmp_path):
   usage = subprocess.run(['bash', os.path.join(REPO, 'scripts', 'reproduce_market.sh')],
                          capture_output=True, text=True)
   assert usage.returncode == 2 and 'MASKS' in usage.stdout and 'set -e' not in usage.stdout
+
+
+_FAKE_MAIN = """
+import json, os, sys
+args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)
+workdir = args['workdir']
+os.makedirs(os.path.join(workdir, 'checkpoints', 'grn'), exist_ok=True)
+if args['config.stages'] == 'grn':
+  results = {'stage_seconds': {'grn': 1.0}}
+else:
+  layer = args['config.model.mask_layer']
+  rc = int(os.environ.get('FAKE_EXIT_' + layer, '0'))
+  if rc:
+    sys.exit(rc)
+  results = {'config': {'seed': 0}, 'stage_seconds': {'fmn': 2.0}, 'FMN': {'rank1': 1.0}}
+with open(os.path.join(workdir, 'results.json'), 'w') as f:
+  json.dump(results, f)
+"""
+
+
+def test_reproduce_market_exit_codes_of_a_layer(tmp_path):
+  """Exit 4 (EXIT_STOPPED) marks a layer failed for good; any other failure stops the script so
+  that the same command resumes the layer (fmn_jax.main replaced by a stand-in of its exits)."""
+  from fmn_jax import main  # pylint: disable=g-import-not-at-top
+  root, weights, work, results = (tmp_path / n for n in ('market', 'w.npz', 'work', 'results'))
+  (root / 'bounding_box_train').mkdir(parents=True)
+  weights.write_bytes(b'')
+  (tmp_path / 'fake_main.py').write_text(_FAKE_MAIN)
+  py = tmp_path / 'python3'
+  py.write_text('#!/usr/bin/env bash\n'
+                'if [ "$1 $2" = "-m fmn_jax.main" ]; then shift 2; '
+                f'exec {sys.executable} {tmp_path / "fake_main.py"} "$@"; fi\n'
+                f'exec {sys.executable} "$@"\n')
+  py.chmod(0o755)
+  env = dict(os.environ, PYTHON=str(py), RESULTS=str(results), MASKS='pool1 res2 res3',
+             FAKE_EXIT_res2=str(main.EXIT_STOPPED), FAKE_EXIT_res3='1',
+             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
+  cmd = ['bash', os.path.join(REPO, 'scripts', 'reproduce_market.sh'), str(root), str(weights),
+         str(work)]
+  first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  assert first.returncode == 1, first.stdout + first.stderr
+  assert 'mask res2 failed (exit 4); going on with the next layer' in first.stdout
+  assert (work / 'mask_res2' / 'failed.txt').exists()
+  assert not (work / 'mask_res3' / 'failed.txt').exists()  # a crash: resumed, not skipped
+  assert json.loads((results / 'market_fmn.json').read_text())['mask_layer'] == 'pool1'
+  assert not (results / 'market_mask_res3.json').exists()
+  env['FAKE_EXIT_res3'] = '0'
+  second = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  assert second.returncode == 1, second.stdout + second.stderr  # res2 still failed
+  assert 'market_mask_pool1.json (finished before)' in second.stdout
+  assert 'mask res2 failed before, not run again' in second.stdout
+  assert json.loads((results / 'market_mask_res3.json').read_text())['mask_layer'] == 'res3'
+
+
+def test_mask_lr_study_exit_code_matches_main():
+  from fmn_jax import main  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'mask_lr_study', os.path.join(REPO, 'scripts', 'mask_lr_study.py'))
+  study = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(study)
+  assert study.EXIT_STOPPED == main.EXIT_STOPPED
 
 
 def test_mask_lr_study_on_the_suite_run(tiny_run, tmp_path):
@@ -56,7 +118,7 @@ def test_mask_lr_study_on_the_suite_run(tiny_run, tmp_path):
   first = subprocess.run(failing, env=tiny_run['env'], cwd=REPO, capture_output=True, text=True)
   assert first.returncode == 0, first.stderr[-3000:]
   runs = json.loads(out.read_text())['runs']
-  assert runs['2e-3'] == {'error': 'exit 1'} and runs['1e-3'] == study['runs']['1e-3']
+  assert runs['2e-3'] == {'error': 'exit 4'} and runs['1e-3'] == study['runs']['1e-3']
   assert (tmp_path / 'work' / 'lr_mn_2e-3' / 'failed.txt').exists()
   second = subprocess.run(failing, env=tiny_run['env'], cwd=REPO, capture_output=True, text=True)
   assert second.returncode == 0 and '+ ' not in second.stdout
