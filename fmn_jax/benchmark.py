@@ -4,14 +4,16 @@
     python -m fmn_jax.benchmark --what=train [--config=configs/market.py] [--train_steps=20]
     python -m fmn_jax.benchmark --what=eval
         [--parts=distances,evaluation,rerank,rerank_features,pipeline]
-        [--num_query=3368 --num_gallery=19732 --dim=2048] [--repeats=2] [--out=FILE.json]
+        [--num_query=3368 --num_gallery=19732 --dim=4096] [--repeats=2] [--out=FILE.json]
 
-`--what=eval` times, at Market-1501 scale on clustered random features: the Euclidean distances
-(`metrics.pairwise_distances`, and the re-ranking inputs), the evaluation (`evaluate_ranking`
-with both AP types, `ranking_summary`) and k-reciprocal re-ranking (`k_reciprocal_rerank` on
-precomputed distance matrices, and `rerank_features` end to end), and the whole evaluation of
-a model as `fmn_jax.evaluate` runs it ('pipeline': distances, evaluation, re-ranking and its
-evaluation). Every part runs in a process
+`--what=eval` times, at Market-1501 scale on clustered random features (`--dim`, default 4096:
+the FMN descriptor): the Euclidean distances (`metrics.pairwise_distances`, and the re-ranking
+inputs), the evaluation (`evaluate_ranking` with both AP types, `ranking_summary`) and
+k-reciprocal re-ranking (`k_reciprocal_rerank` on precomputed distance matrices, and
+`rerank_features` end to end), and 'pipeline': `evaluate.evaluate_features` itself, what
+`fmn_jax.evaluate` runs after the feature extraction (distances and evaluation of GRN and LAN,
+each --dim/2-d, and of the --dim-d descriptor, then its re-ranking and evaluation), with the
+config's k1, k2 and lambda. Every part runs in a process
 of its own, so the peak resident memory reported (ru_maxrss) is that part's, inputs and JAX
 runtime included; on a GPU the device's peak bytes in use are reported too. The first call of
 each step includes its jit compilation; later repeats do not.
@@ -20,10 +22,15 @@ each step includes its jit compilation; later repeats do not.
 configs/market.py), the training steps exactly as the trainer jits them and the feature
 extraction of the evaluation, in images per second after compilation and warm-up:
 - 'ceiling': a plain ResNet-50 training step built from the same layers (`models.ResNet`,
-  softmax cross-entropy, SGD momentum, input already normalised on the device, no FMN);
+  softmax cross-entropy, SGD momentum, input already normalised on the device, no FMN), at
+  each stage's batch size and the config's compute dtype;
 - 'stage1' (GRN) and 'stage2' (MN + LAN, GRN frozen) steps of `train.make_train_step`,
   including the on-device gather and augmentation; with their ratios to the ceiling;
-- 'features': `features.compute_descriptors` (GRN + MN + LAN forward, flip as configured).
+- 'features': `features.compute_descriptors` (GRN + MN + LAN forward, flip as configured), the
+  weights already on the device as in `evaluate.evaluate_model`.
+The steps are timed in `--rounds` interleaved windows of `--train_steps` steps (ceiling, stage 1,
+stage 2, ceiling, ...), so a change of machine load hits all of them alike; the median window is
+reported, with the range.
 `--what=all` runs both and, with --out, writes one JSON.
 """
 
@@ -50,11 +57,13 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_integer('train_steps', 20, 'Timed steps per training benchmark (after warm-up).')
 flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps before timing (compilation included).')
 flags.DEFINE_integer('num_images', 2048, 'Synthetic training images held on the device.')
+flags.DEFINE_integer('rounds', 3, 'Interleaved timed windows per training step (median kept).')
 flags.DEFINE_list('parts', ['distances', 'evaluation', 'rerank', 'rerank_features', 'pipeline'],
                   'Parts of --what=eval to run (each in its own process).')
 flags.DEFINE_integer('num_query', 3368, 'Queries (Market-1501: 3,368).')
 flags.DEFINE_integer('num_gallery', 19732, 'Gallery items (Market-1501: 19,732).')
-flags.DEFINE_integer('dim', 2048, 'Feature dimension.')
+flags.DEFINE_integer('dim', 4096, 'Feature dimension (FMN descriptor: 4096; pipeline: g and l '
+                     'get half each).')
 flags.DEFINE_integer('seed', 0, 'Seed of the random features.')
 flags.DEFINE_integer('repeats', 2, 'Calls per timed step (the first includes compilation).')
 flags.DEFINE_string('out', None, 'Also write the results as JSON to this file.')
@@ -168,7 +177,8 @@ def _rerank_inputs(data: dict):
           np.asarray(metrics.pairwise_distances_device(gn, gn, zero_diagonal=True)))
 
 
-def bench_distances(data: dict, repeats: int) -> Dict[str, dict]:
+def bench_distances(data: dict, repeats: int, config) -> Dict[str, dict]:
+  del config
   from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
   qf, gf = data['qf'], data['gf']
 
@@ -183,7 +193,8 @@ def bench_distances(data: dict, repeats: int) -> Dict[str, dict]:
   return res
 
 
-def bench_evaluation(data: dict, repeats: int) -> Dict[str, dict]:
+def bench_evaluation(data: dict, repeats: int, config) -> Dict[str, dict]:
+  del config
   from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
   dist = metrics.pairwise_distances(data['qf'], data['gf'])
   ids = (data['q_pids'], data['g_pids'], data['q_camids'], data['g_camids'])
@@ -198,36 +209,58 @@ def bench_evaluation(data: dict, repeats: int) -> Dict[str, dict]:
   return res
 
 
-def bench_rerank(data: dict, repeats: int) -> Dict[str, dict]:
+def _rerank_params(config) -> dict:
+  return {'k1': config.eval.k1, 'k2': config.eval.k2, 'lambda_value': config.eval.lambda_value}
+
+
+def bench_rerank(data: dict, repeats: int, config) -> Dict[str, dict]:
   from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
   from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
   q_g, q_q, g_g = _rerank_inputs(data)
   name = 'k_reciprocal_rerank (float32 distance matrices given)'
   out = []
-  res = {name: _timed(lambda: rerank.k_reciprocal_rerank(q_g, q_q, g_g), repeats, out)}
+  params = _rerank_params(config)
+  res = {name: _timed(lambda: rerank.k_reciprocal_rerank(q_g, q_q, g_g, **params), repeats, out)}
   ids = (data['q_pids'], data['g_pids'], data['q_camids'], data['g_camids'])
   res[name]['summary'] = metrics.ranking_summary(out[0], *ids)
   return res
 
 
-def bench_rerank_features(data: dict, repeats: int) -> Dict[str, dict]:
+def bench_rerank_features(data: dict, repeats: int, config) -> Dict[str, dict]:
   from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
+  params = _rerank_params(config)
   return {'rerank_features (distances included)': _timed(
-      lambda: rerank.rerank_features(data['qf'], data['gf']), repeats)}
+      lambda: rerank.rerank_features(data['qf'], data['gf'], **params), repeats)}
 
 
-def bench_pipeline(data: dict, repeats: int) -> Dict[str, dict]:
-  """Distances + evaluation + re-ranking + its evaluation, as `fmn_jax.evaluate` runs them."""
-  from fmn_jax import metrics  # pylint: disable=g-import-not-at-top
-  from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
-  ids = (data['q_pids'], data['g_pids'], data['q_camids'], data['g_camids'])
+def pipeline_features(data: dict, alpha: float) -> tuple:
+  """Query and gallery `compute_descriptors`-like dicts: g and l are the two halves of each
+  feature (each clustered by identity), the descriptor is Eq. 6 of them."""
+  from fmn_jax import models  # pylint: disable=g-import-not-at-top
+  out = []
+  for x in (data['qf'], data['gf']):
+    g, l = np.split(x, 2, axis=1)
+    out.append({'g': g, 'l': l, 'descriptor': np.asarray(models.descriptor(g, l, alpha))})
+  return tuple(out)
 
-  def run():
-    plain = metrics.ranking_summary(metrics.pairwise_distances(data['qf'], data['gf']), *ids)
-    reranked = metrics.ranking_summary(rerank.rerank_features(data['qf'], data['gf']), *ids)
-    return plain['mAP'], reranked['mAP']
 
-  return {'distances + evaluation + re-ranking + evaluation': _timed(run, repeats)}
+def bench_pipeline(data: dict, repeats: int, config) -> Dict[str, dict]:
+  """`evaluate.evaluate_features`: GRN, LAN and FMN distances + evaluation, FMN re-ranking +
+  evaluation, exactly as `fmn_jax.evaluate` runs them after the feature extraction."""
+  import types  # pylint: disable=g-import-not-at-top
+  from fmn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  if data['qf'].shape[1] % 2:
+    raise ValueError(f'--dim must be even for the pipeline part (g and l get half each), got '
+                     f'{data["qf"].shape[1]}')
+  qf, gf = pipeline_features(data, config.model.alpha)
+  query = types.SimpleNamespace(pids=data['q_pids'], camids=data['q_camids'])
+  gallery = types.SimpleNamespace(pids=data['g_pids'], camids=data['g_camids'])
+  out = []
+  name = 'evaluate_features: GRN, LAN, FMN + FMN re-ranking'
+  res = {name: _timed(lambda: evaluate.evaluate_features(qf, gf, query, gallery, config,
+                                                         rerank=True), repeats, out)}
+  res[name]['summary'] = out[0]['FMN+rerank']
+  return res
 
 
 EVAL_PARTS = {'distances': bench_distances, 'evaluation': bench_evaluation,
@@ -239,20 +272,25 @@ EVAL_PARTS = {'distances': bench_distances, 'evaluation': bench_evaluation,
 # --what=train: training steps and feature extraction, images per second.
 
 
-def _steps_per_second(step: Callable, state, warmup: int, steps: int):
-  """Runs `state = step(state)` warmup + steps times; returns (steps/s of the timed part, state)."""
+def _run_steps(step: Callable, state, steps: int):
+  """Runs `state = step(state)` `steps` times, blocked on; returns (seconds, state)."""
   import jax  # pylint: disable=g-import-not-at-top
-  for _ in range(max(1, warmup)):
-    state = step(state)
   jax.block_until_ready(state)
   t0 = time.perf_counter()
   for _ in range(steps):
     state = step(state)
   jax.block_until_ready(state)
-  return steps / (time.perf_counter() - t0), state
+  return time.perf_counter() - t0, state
 
 
-def bench_training(config, steps: int, warmup: int, num_images: int) -> dict:
+def _rate(windows: List[float], count: int) -> dict:
+  """Items per second of the median window and the range over the windows (seconds each)."""
+  rates = sorted(count / s for s in windows)
+  return {'images_per_second': float(np.median(rates)),
+          'images_per_second_range': [rates[0], rates[-1]]}
+
+
+def bench_training(config, steps: int, warmup: int, num_images: int, rounds: int = 3) -> dict:
   """Images/s of the ceiling, stage-1 and stage-2 steps and feature extraction."""
   # pylint: disable=g-import-not-at-top
   import jax
@@ -274,21 +312,21 @@ def bench_training(config, steps: int, warmup: int, num_images: int) -> dict:
   ih, iw = config.input.image_size
   out = {'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
          'num_devices': jax.device_count(), 'image_size': [ih, iw],
-         'dtype': config.model.dtype, 'width': config.model.width, 'steps': steps}
+         'dtype': config.model.dtype, 'width': config.model.width,
+         'stage_sizes': list(config.model.stage_sizes), 'mask_layer': config.model.mask_layer,
+         'steps': steps, 'warmup_steps': max(1, warmup), 'rounds': max(1, rounds),
+         'num_images': num_images}
+  repl, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  # name -> (step: state -> state, state, batch size, ceiling name or None)
+  runs = {}
 
-  # Ceiling: the same ResNet-50 layers, plain softmax step on a fixed normalised batch.
-  bs = config.grn.batch_size
+  # Ceiling: the same ResNet-50 layers, plain softmax step on a fixed normalised batch, at each
+  # stage's batch size.
   net = models.ResNet(num_classes=num_classes, width=config.model.width,
                       stage_sizes=tuple(config.model.stage_sizes),
                       stride_layout=config.model.stride_layout,
-                      dtype=jnp.bfloat16 if config.model.dtype == 'bfloat16' else jnp.float32)
-  repl, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  x = parallel.global_array(rng.standard_normal((bs, ih, iw, 3), np.float32), shard)
-  y = parallel.global_array(labels[:bs], shard)
-  v = jax.jit(lambda k: net.init(k, x[:1], train=False))(jax.random.key(0, impl='unsafe_rbg'))
+                      dtype=models._dtype_from_name(config.model.dtype))  # pylint: disable=protected-access
   tx = optax.sgd(0.01, momentum=0.9)
-  plain = {'params': v['params'], 'batch_stats': v['batch_stats'],
-           'opt': tx.init(v['params'])}
 
   def plain_step(s, x, y):
     def loss_fn(p):
@@ -302,9 +340,15 @@ def bench_training(config, steps: int, warmup: int, num_images: int) -> dict:
 
   plain_jit = jax.jit(plain_step, in_shardings=(repl, shard, shard), out_shardings=repl,
                       donate_argnums=(0,))
-  sps, _ = _steps_per_second(lambda s: plain_jit(s, x, y), plain, warmup, steps)
-  out['ceiling'] = {'images_per_second': sps * bs, 'batch_size': bs}
-  del plain
+  for bs in sorted({config.grn.batch_size, config.fmn.batch_size}):
+    x = parallel.global_array(rng.standard_normal((bs, ih, iw, 3), np.float32), shard)
+    y = parallel.global_array(labels[np.arange(bs) % num_images], shard)
+    v = jax.jit(lambda k, x=x: net.init(k, x[:1], train=False))(
+        jax.random.key(0, impl='unsafe_rbg'))
+    # Placed with the step's sharding, so the first call and the next compile the same program.
+    plain = jax.device_put({'params': v['params'], 'batch_stats': v['batch_stats'],
+                            'opt': tx.init(v['params'])}, repl)
+    runs[f'ceiling_b{bs}'] = (lambda s, x=x, y=y: plain_jit(s, x, y), plain, bs, None)
 
   # Stage 1 and stage 2, as the trainer runs them.
   timages = train.TrainImages(images, labels, mesh, on_device=True)
@@ -314,10 +358,10 @@ def bench_training(config, steps: int, warmup: int, num_images: int) -> dict:
     bs = stage_cfg.batch_size
     parallel.check_batch_size(bs, f'{stage} batch_size', mesh)
     spe = max(1, num_images // bs)
-    tx = train.make_optimizer(stage_cfg, spe)
-    state = jax.device_put(make_state(variables, tx), repl)
-    step_fn = train.make_train_step('grn' if stage == 'stage1' else 'fmn', model, tx, config,
-                                    mesh, on_device=True)
+    stage_tx = train.make_optimizer(stage_cfg, spe)
+    state = jax.device_put(make_state(variables, stage_tx), repl)
+    step_fn = train.make_train_step('grn' if stage == 'stage1' else 'fmn', model, stage_tx,
+                                    config, mesh, on_device=True)
     batches = [timages.batch(np.arange(i * bs, (i + 1) * bs) % num_images) for i in range(4)]
     counter = [0]
 
@@ -325,29 +369,50 @@ def bench_training(config, steps: int, warmup: int, num_images: int) -> dict:
       counter[0] += 1
       return step_fn(s, batches[counter[0] % len(batches)], key)[0]
 
-    sps, state = _steps_per_second(one, state, warmup, steps)
-    out[stage] = {'images_per_second': sps * bs, 'batch_size': bs,
-                  'ratio_to_ceiling': sps * bs / out['ceiling']['images_per_second']}
-    del state
+    runs[stage] = (one, state, bs, f'ceiling_b{bs}')
 
-  # Feature extraction (evaluation forward, flip as configured).
-  n = min(num_images, max(4 * config.eval.batch_size, 256))
+  # Warm-up (compilation included), then interleaved timed windows.
+  states = {}
+  for name, (step, state, _, _) in runs.items():
+    _, states[name] = _run_steps(step, state, max(1, warmup))
+  windows = {name: [] for name in runs}
+  for _ in range(max(1, rounds)):
+    for name, (step, _, _, _) in runs.items():
+      seconds, states[name] = _run_steps(step, states[name], steps)
+      windows[name].append(seconds)
+  del states
+  for name, (_, _, bs, ceiling) in runs.items():
+    r = dict(_rate(windows[name], steps * bs), batch_size=bs)
+    if ceiling is not None:
+      r['ratio_to_ceiling'] = r['images_per_second'] / out[ceiling]['images_per_second']
+    out[name] = r
+  out['ceiling'] = out[f'ceiling_b{config.grn.batch_size}']
+
+  # Feature extraction (evaluation forward, flip as configured), weights already on the device.
+  variables = parallel.replicate_tree(variables, mesh)
+  n = min(num_images, max(8 * config.eval.batch_size, 256))
   features.compute_descriptors(model, variables, images[:config.eval.batch_size], config,
                                mesh=mesh, progress=False)   # compile
-  t0 = time.perf_counter()
-  features.compute_descriptors(model, variables, images[:n], config, mesh=mesh, progress=False)
-  out['features'] = {'images_per_second': n / (time.perf_counter() - t0),
-                     'batch_size': config.eval.batch_size, 'flip': bool(config.eval.flip)}
+  seconds = []
+  for _ in range(max(1, rounds)):
+    t0 = time.perf_counter()
+    features.compute_descriptors(model, variables, images[:n], config, mesh=mesh, progress=False)
+    seconds.append(time.perf_counter() - t0)
+  out['features'] = dict(_rate(seconds, n), batch_size=config.eval.batch_size,
+                         flip=bool(config.eval.flip), num_images=n)
   return out
 
 
 def _print_training(r: dict) -> None:
   print(f'[train] {r["backend"]}: {r["device"]} x{r["num_devices"]}, input {r["image_size"]}, '
         f'{r["dtype"]}, width {r["width"]}')
-  for name in ('ceiling', 'stage1', 'stage2', 'features'):
+  names = [n for n in r if n.startswith('ceiling_b')] + ['stage1', 'stage2', 'features']
+  for name in names:
     m = r[name]
     ratio = f'  ({m["ratio_to_ceiling"]:.2f} of the ceiling)' if 'ratio_to_ceiling' in m else ''
-    print(f'  {name:10s} {m["images_per_second"]:9.1f} images/s  batch {m["batch_size"]}{ratio}')
+    lo, hi = m['images_per_second_range']
+    print(f'  {name:12s} {m["images_per_second"]:9.1f} images/s (windows {lo:.1f}-{hi:.1f})  '
+          f'batch {m["batch_size"]}{ratio}')
   sys.stdout.flush()
 
 
@@ -357,10 +422,15 @@ def _run_child(part: str) -> dict:
   t0 = time.perf_counter()
   data = market_like_data(FLAGS.num_query, FLAGS.num_gallery, FLAGS.dim, FLAGS.seed)
   data_seconds = time.perf_counter() - t0
-  steps = EVAL_PARTS[part](data, FLAGS.repeats)
+  steps = EVAL_PARTS[part](data, FLAGS.repeats, FLAGS.config)
   return {'part': part, 'steps': steps, 'peak_rss_gib': _peak_rss_gib(),
           'device_peak_gib': _device_peak_gib(), 'data_seconds': data_seconds,
           'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend()}
+
+
+def _config_args() -> List[str]:
+  """This command's --config and --config.KEY=VALUE arguments (passed on to the eval parts)."""
+  return [a for a in sys.argv[1:] if a.startswith(('--config=', '--config.'))]
 
 
 def run_eval(parts: List[str]) -> dict:
@@ -369,9 +439,11 @@ def run_eval(parts: List[str]) -> dict:
   if unknown:
     raise ValueError(f'--parts: unknown part(s) {unknown}; known: {sorted(EVAL_PARTS)}')
   results = {'what': 'eval', 'num_query': FLAGS.num_query, 'num_gallery': FLAGS.num_gallery,
-             'dim': FLAGS.dim, 'seed': FLAGS.seed, 'cpu_count': os.cpu_count(), 'parts': {}}
+             'dim': FLAGS.dim, 'seed': FLAGS.seed, 'cpu_count': os.cpu_count(),
+             'rerank': _rerank_params(FLAGS.config), 'parts': {}}
   for part in parts:
     cmd = [sys.executable, '-m', 'fmn_jax.benchmark', '--what=eval', f'--child={part}',
+           *_config_args(),
            f'--num_query={FLAGS.num_query}', f'--num_gallery={FLAGS.num_gallery}',
            f'--dim={FLAGS.dim}', f'--seed={FLAGS.seed}', f'--repeats={FLAGS.repeats}']
     # The parent may hold most of a GPU's memory already (JAX preallocates 75% of it when the
@@ -411,7 +483,10 @@ def main(argv):
       raise app.UsageError(f'--child: unknown part {FLAGS.child!r}')
     print(json.dumps(_run_child(FLAGS.child)))
     return
-  results = {'what': FLAGS.what}
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  results = {'what': FLAGS.what, 'jax_version': jax.__version__,
+             'jaxlib_version': jaxlib.__version__, 'config_args': _config_args()}
 
   def save():   # after each part, so a run cut short keeps what it measured
     if FLAGS.out:
@@ -421,10 +496,8 @@ def main(argv):
       print(f'wrote {FLAGS.out}')
 
   if FLAGS.what in ('train', 'all'):
-    import jax  # pylint: disable=g-import-not-at-top
     results['train'] = bench_training(FLAGS.config, FLAGS.train_steps, FLAGS.warmup_steps,
-                                      FLAGS.num_images)
-    results['jax_version'] = jax.__version__
+                                      FLAGS.num_images, FLAGS.rounds)
     _print_training(results['train'])
     save()
   if FLAGS.what in ('eval', 'all'):
