@@ -16,8 +16,10 @@ set -euo pipefail
 if [ $# -lt 2 ]; then
   sed -n '2,14p' "$0"; exit 2
 fi
-ROOT=$1; WEIGHTS=$2; WORK=${3:-workdir_market}
-shift $(( $# >= 3 ? 3 : 2 ))
+ROOT=$1; WEIGHTS=$2; shift 2
+WORK=workdir_market
+# WORKROOT is optional: `ROOT WEIGHTS -- --config.x=y` keeps the default one.
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then WORK=$1; shift; fi
 [ "${1:-}" = "--" ] && shift
 EXTRA=("$@")
 MASKS=${MASKS:-pool1}

@@ -42,11 +42,10 @@ with open(os.path.join(workdir, 'results.json'), 'w') as f:
 """
 
 
-def test_reproduce_market_exit_codes_of_a_layer(tmp_path):
-  """Exit 4 (EXIT_STOPPED) marks a layer failed for good; any other failure stops the script so
-  that the same command resumes the layer (fmn_jax.main replaced by a stand-in of its exits)."""
-  from fmn_jax import main  # pylint: disable=g-import-not-at-top
-  root, weights, work, results = (tmp_path / n for n in ('market', 'w.npz', 'work', 'results'))
+def _fake_reproduce_env(tmp_path, **env):
+  """Market root, weights file and an environment whose PYTHON runs `_FAKE_MAIN` for
+  `-m fmn_jax.main` (and the real interpreter for everything else)."""
+  root, weights = tmp_path / 'market', tmp_path / 'w.npz'
   (root / 'bounding_box_train').mkdir(parents=True)
   weights.write_bytes(b'')
   (tmp_path / 'fake_main.py').write_text(_FAKE_MAIN)
@@ -56,11 +55,31 @@ def test_reproduce_market_exit_codes_of_a_layer(tmp_path):
                 f'exec {sys.executable} {tmp_path / "fake_main.py"} "$@"; fi\n'
                 f'exec {sys.executable} "$@"\n')
   py.chmod(0o755)
-  env = dict(os.environ, PYTHON=str(py), RESULTS=str(results), MASKS='pool1 res2 res3',
-             FAKE_EXIT_res2=str(main.EXIT_STOPPED), FAKE_EXIT_res3='1',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
-  cmd = ['bash', os.path.join(REPO, 'scripts', 'reproduce_market.sh'), str(root), str(weights),
-         str(work)]
+  env = dict(os.environ, PYTHON=str(py), RESULTS=str(tmp_path / 'results'),
+             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu',
+             **env)
+  return ['bash', os.path.join(REPO, 'scripts', 'reproduce_market.sh'), str(root),
+          str(weights)], env
+
+
+def test_reproduce_market_workroot_is_optional_before_overrides(tmp_path):
+  cmd, env = _fake_reproduce_env(tmp_path)
+  proc = subprocess.run(cmd + ['--', '--config.grn.epochs=1'], env=env, cwd=tmp_path,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert (tmp_path / 'workdir_market' / 'mask_pool1' / 'reproduce.json').exists()
+  assert '--config.grn.epochs=1' in (tmp_path / 'workdir_market' / 'grn' /
+                                     'reproduce.args').read_text()
+
+
+def test_reproduce_market_exit_codes_of_a_layer(tmp_path):
+  """Exit 4 (EXIT_STOPPED) marks a layer failed for good; any other failure stops the script so
+  that the same command resumes the layer (fmn_jax.main replaced by a stand-in of its exits)."""
+  from fmn_jax import main  # pylint: disable=g-import-not-at-top
+  work, results = tmp_path / 'work', tmp_path / 'results'
+  cmd, env = _fake_reproduce_env(tmp_path, MASKS='pool1 res2 res3',
+                                 FAKE_EXIT_res2=str(main.EXIT_STOPPED), FAKE_EXIT_res3='1')
+  cmd.append(str(work))
   first = subprocess.run(cmd, env=env, capture_output=True, text=True)
   assert first.returncode == 1, first.stdout + first.stderr
   assert 'mask res2 failed (exit 4); going on with the next layer' in first.stdout
