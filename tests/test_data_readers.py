@@ -384,3 +384,19 @@ def test_real_market1501_counts():
   assert (len(ds.query), np.unique(ds.query.pids).size) == (3368, 750)
   assert (len(ds.gallery), int(ds.gallery.junk.sum())) == (19732, 3819)
   assert set(ds.train.camids.tolist()) == set(range(1, 7))
+
+
+def test_inspect_cli_errors_are_one_line(tmp_path, capsys):
+  from fmn_jax.data import inspect as data_inspect  # pylint: disable=g-import-not-at-top
+  root = _market(tmp_path / 'm', TRAIN, QUERY, GALLERY)
+  assert data_inspect.main(['summary', f'--root={root}']) == 0
+  assert 'classes  3' in capsys.readouterr().out
+  bad_name = _img(os.path.join(root, 'query', 'photo1.jpg'))
+  for argv, named in ((['summary', f'--root={tmp_path / "nowhere"}'], str(tmp_path / 'nowhere')),
+                      (['summary', '--name=market', f'--root={root}'], "'market'"),
+                      (['summary', f'--root={root}'], bad_name),
+                      (['load', f'--root={root}', f'--cache_dir={tmp_path / "c"}'], bad_name),
+                      (['times', f'--root={root}'], bad_name)):
+    assert data_inspect.main(argv) == 1, argv
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and named in err and err.count('\n') == 1, (argv, err)

@@ -120,3 +120,13 @@ def test_training_reads_config_dataset_tfds_dir(built, tmp_path):
   config.dataset.name = 'synthetic'
   with pytest.raises(ValueError, match="tfds_dir is set, but config.dataset.name='synthetic'"):
     train.load_reid_dataset(config, str(tmp_path))
+
+
+def test_build_cli_errors_are_one_line(tmp_path, capsys):
+  for manual_dir, named in ((tmp_path / 'nowhere', str(tmp_path / 'nowhere')),
+                            (tmp_path, os.path.join(str(tmp_path), 'bounding_box_train'))):
+    assert tfds_builders.main(['--name=market1501', f'--manual_dir={manual_dir}',
+                               f'--data_dir={tmp_path / "tfds"}']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and named in err and err.count('\n') == 1, err
+  assert not (tmp_path / 'tfds').exists()

@@ -79,8 +79,12 @@ def cmd_times(args) -> int:
            f'--root={args.root}', f'--size={args.size[0]},{args.size[1]}',
            f'--cache_dir={cache_dir}'] + (['--skip_unreadable'] if args.skip_unreadable else [])
     t = time.perf_counter()
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True)
     warm_process = time.perf_counter() - t
+    if res.returncode != 0:
+      lines = res.stderr.strip().splitlines() or ['(no output)']
+      raise RuntimeError(f'the warm pass ({" ".join(cmd[1:4])} ...) failed with exit '
+                         f'{res.returncode}: {lines[-1]}')
     warm = json.loads(res.stdout.strip().splitlines()[-1])
   finally:
     if tmp is not None:
@@ -201,8 +205,14 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if getattr(args, 'root', None):
     args.root = os.path.expanduser(args.root)
-  return {'summary': cmd_summary, 'load': cmd_load, 'times': cmd_times,
-          'bench': cmd_bench}[args.command](args)
+  command = {'summary': cmd_summary, 'load': cmd_load, 'times': cmd_times,
+             'bench': cmd_bench}[args.command]
+  try:
+    return command(args)
+  except (ValueError, OSError, RuntimeError) as e:
+    # A wrong --name or --root, an unparsable file name, an unreadable image: one line naming it.
+    print(f'error: {e}', file=sys.stderr)
+    return 1
 
 
 if __name__ == '__main__':

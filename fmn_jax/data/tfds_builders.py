@@ -119,7 +119,11 @@ def build(dataset_name: str, manual_dir: str, data_dir: str) -> str:
   tfds = _tfds()
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   if not os.path.isdir(manual_dir):
-    raise FileNotFoundError(f'manual_dir not found: {manual_dir}')
+    raise FileNotFoundError(f'manual_dir not found: {manual_dir} (give the unpacked '
+                            f'{dataset_name} release)')
+  # The release is listed and checked here too, so that a wrong folder is one clear error before
+  # TFDS starts (its own check of an empty manual_dir is an assertion).
+  datasets.load_dataset(dataset_name, manual_dir)
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   builder = get_builder_class(dataset_name)(data_dir=data_dir, file_format='array_record')
   builder.download_and_prepare(
@@ -251,7 +255,12 @@ def main(argv=None) -> int:
   parser.add_argument('--data_dir', default='~/tensorflow_datasets')
   args = parser.parse_args(argv)
   t = time.time()
-  out = build(args.name, args.manual_dir, args.data_dir)
+  try:
+    out = build(args.name, args.manual_dir, args.data_dir)
+  except (ValueError, OSError, ImportError) as e:
+    # A missing or wrong --manual_dir, an unwritable --data_dir: one line naming it.
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   print(f'built {out} in {time.time() - t:.1f} s')
   return 0
 
