@@ -1,7 +1,10 @@
 """Synthetic pedestrian dataset: layout, counts, determinism, defaults, CLI."""
 
 import hashlib
+import json
 import os
+import re
+import shutil
 import time
 
 import numpy as np
@@ -88,3 +91,77 @@ def test_bad_arguments(tmp_path):
     synthetic.generate(str(tmp_path), num_cameras=12)
   with pytest.raises(ValueError, match='image_size'):
     synthetic.generate(str(tmp_path), image_size=(8, 4))
+
+
+TINY = dict(num_train_ids=3, num_test_ids=3, num_cameras=2, images_per_camera=1,
+            image_size=(32, 16))
+
+
+def test_existing_folder_same_dataset_reused_other_refused(tmp_path):
+  root = str(tmp_path / 'd')
+  synthetic.generate(root, seed=0, **TINY)
+  digest = _digest(root)
+  marker = os.path.join(root, synthetic.MARKER)
+  mtimes = {p: os.stat(os.path.join(root, 'query', p)).st_mtime_ns
+            for p in os.listdir(os.path.join(root, 'query'))}
+  # The same arguments: reused as it is (files untouched, so a decoded cache stays valid).
+  assert synthetic.generate(root, seed=0, **TINY) == root
+  assert _digest(root) == digest
+  assert mtimes == {p: os.stat(os.path.join(root, 'query', p)).st_mtime_ns for p in mtimes}
+  # Other arguments: refused, naming the folder and what differs; nothing is written.
+  with pytest.raises(ValueError, match=f'{re.escape(root)} holds another synthetic dataset.*seed'):
+    synthetic.generate(root, seed=1, **TINY)
+  with pytest.raises(ValueError, match='num_train_ids=3 \\(asked 4\\)'):
+    synthetic.generate(root, seed=0, **dict(TINY, num_train_ids=4))
+  assert _digest(root) == digest
+  # An interrupted generation (record not marked complete) is finished with the same bytes.
+  with open(marker, encoding='utf-8') as f:
+    record = json.load(f)
+  record['complete'] = False
+  with open(marker, 'w', encoding='utf-8') as f:
+    json.dump(record, f, sort_keys=True)
+  shutil.rmtree(os.path.join(root, 'bounding_box_test'))
+  synthetic.generate(root, seed=0, **TINY)
+  assert _digest(root) == digest
+  # A damaged record is named.
+  with open(marker, 'w', encoding='utf-8') as f:
+    f.write('{not json')
+  with pytest.raises(ValueError, match=re.escape(marker)):
+    synthetic.generate(root, seed=0, **TINY)
+
+
+def test_foreign_folder_refused(tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  synthetic.generate(str(empty), seed=0, **TINY)  # An empty folder is fine.
+  foreign = tmp_path / 'notes'
+  foreign.mkdir()
+  (foreign / 'notes.txt').write_text('mine')
+  with pytest.raises(ValueError, match=re.escape(str(foreign)) + '.*notes.txt'):
+    synthetic.generate(str(foreign), seed=0, **TINY)
+  assert os.listdir(foreign) == ['notes.txt']
+  # A Market-layout folder written by something else is refused too.
+  other = tmp_path / 'market'
+  (other / 'query').mkdir(parents=True)
+  with pytest.raises(ValueError, match=re.escape(str(other))):
+    synthetic.generate(str(other), seed=0, **TINY)
+  with pytest.raises(ValueError, match='is a file'):
+    synthetic.generate(str(foreign / 'notes.txt'), seed=0, **TINY)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+  args = ['--num_train_ids=3', '--num_test_ids=3', '--num_cameras=2', '--images_per_camera=1',
+          '--image_size=32,16']
+  out = str(tmp_path / 'cli')
+  assert synthetic.main([f'--out={out}', '--seed=0'] + args) == 0
+  assert synthetic.main([f'--out={out}', '--seed=0'] + args) == 0
+  assert 'already holds this dataset' in capsys.readouterr().out
+  counts = {s: len(os.listdir(os.path.join(out, s))) for s in synthetic.SPLIT_FOLDERS}
+  for bad, named in (([f'--out={out}', '--seed=1'] + args, out),
+                     ([f'--out={tmp_path / "x"}', '--image_size=3'], "--image_size='3'"),
+                     ([f'--out={tmp_path / "x"}', '--num_cameras=12'], 'num_cameras')):
+    assert synthetic.main(bad) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and named in err and err.count('\n') == 1, err
+  # The refused run left the dataset as it was.
+  assert counts == {s: len(os.listdir(os.path.join(out, s))) for s in synthetic.SPLIT_FOLDERS}

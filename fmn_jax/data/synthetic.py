@@ -13,12 +13,16 @@ real Market-1501 reader is exercised. Test identities have one query per camera 
 (except one camera, seen only in the gallery); the gallery also holds junk (pid -1: fragments of
 test identities) and distractors (pid 0000: background clutter or unrelated people).
 
-Deterministic: the same arguments give the same bytes. Command line:
+Deterministic: the same arguments give the same bytes. The arguments are recorded in
+root/fmn_jax_synthetic.json (written first, marked complete last), so a folder is only ever
+written by one set of them: the same dataset is reused, an interrupted one is finished, and a
+folder holding anything else (another synthetic dataset, other files) is refused. Command line:
     python -m fmn_jax.data.synthetic --out=/tmp/synthetic_market [--seed=0]
 """
 
 import argparse
 import colorsys
+import json
 import os
 import sys
 import time
@@ -31,6 +35,9 @@ from PIL import ImageFilter
 
 SUPERSAMPLE = 2  # Drawn at this multiple of the output size, then downsampled (antialiasing).
 JPEG_QUALITY = 90
+# Records the generation arguments in the dataset folder (see the module docstring).
+MARKER = 'fmn_jax_synthetic.json'
+SPLIT_FOLDERS = ('bounding_box_train', 'query', 'bounding_box_test')
 
 _SKIN = ((255, 220, 190), (240, 200, 160), (225, 175, 135), (200, 150, 110), (160, 110, 75),
          (120, 80, 55), (90, 60, 40))
@@ -358,12 +365,68 @@ def render(identity: Optional[dict], cam: dict, rng: np.random.Generator, size: 
   return _finish(img, cam, rng, size)
 
 
+def _read_marker(root: str) -> Optional[dict]:
+  """The arguments recorded in root/MARKER (None when there is no such file)."""
+  path = os.path.join(root, MARKER)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      marker = json.load(f)
+    if not isinstance(marker, dict) or not isinstance(marker.get('arguments'), dict):
+      raise ValueError('no "arguments" object')
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise ValueError(f'{path} is not a synthetic-dataset record ({e}): give an empty or new '
+                     'folder') from e
+  return marker
+
+
+def _write_marker(root: str, arguments: dict, complete: bool) -> None:
+  path = os.path.join(root, MARKER)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump({'generator': 'fmn_jax.data.synthetic', 'arguments': arguments,
+               'complete': complete}, f, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _check_root(root: str, arguments: dict) -> bool:
+  """True when `root` already holds the complete dataset of `arguments`; False when it may be
+  written (absent, empty, or an unfinished generation with the same arguments). Raises
+  ValueError naming the folder when it holds anything else."""
+  if not os.path.exists(root):
+    return False
+  if not os.path.isdir(root):
+    raise ValueError(f'synthetic dataset folder {root} is a file, not a folder')
+  marker = _read_marker(root)
+  if marker is None:
+    entries = sorted(os.listdir(root))
+    if not entries:
+      return False
+    shown = ', '.join(entries[:3]) + (', ...' if len(entries) > 3 else '')
+    raise ValueError(f'synthetic dataset folder {root} is not empty and holds no {MARKER} '
+                     f'(it holds {shown}): give an empty or new folder')
+  recorded = marker['arguments']
+  if recorded != arguments:
+    diff = ', '.join(f'{k}={recorded.get(k)!r} (asked {arguments.get(k)!r})'
+                     for k in sorted(set(recorded) | set(arguments))
+                     if recorded.get(k) != arguments.get(k))
+    raise ValueError(f'synthetic dataset folder {root} holds another synthetic dataset ({diff}):'
+                     ' give an empty or new folder, or the same arguments')
+  return bool(marker.get('complete'))
+
+
 def generate(root: str, *, seed: int = 0, num_train_ids: int = 100, num_test_ids: int = 100,
              num_cameras: int = 6, images_per_camera: int = 3, image_size=(128, 64)) -> str:
   """Writes a synthetic dataset in the Market-1501 layout; returns `root`.
 
+  `root` must be absent, empty, or hold this very dataset (recorded in root/MARKER): a complete
+  one is reused as it is, an unfinished one is written again (same names, same bytes); a folder
+  holding another synthetic dataset or other files raises ValueError naming it.
+
   Args:
-    root: output folder (created; existing files of the same names are overwritten).
+    root: output folder.
     seed: everything is a function of the seed (same seed, same bytes).
     num_train_ids: identities in bounding_box_train.
     num_test_ids: identities in query + bounding_box_test.
@@ -379,10 +442,19 @@ def generate(root: str, *, seed: int = 0, num_train_ids: int = 100, num_test_ids
   size = (int(image_size[0]), int(image_size[1]))
   if size[0] < 16 or size[1] < 8:
     raise ValueError(f'image_size too small: {image_size}')
-  dirs = {s: os.path.join(root, s) for s in ('bounding_box_train', 'bounding_box_test',
-                                             'query')}
-  for d in dirs.values():
-    os.makedirs(d, exist_ok=True)
+  arguments = {'seed': int(seed), 'num_train_ids': int(num_train_ids),
+               'num_test_ids': int(num_test_ids), 'num_cameras': int(num_cameras),
+               'images_per_camera': int(images_per_camera), 'image_size': list(size)}
+  if _check_root(root, arguments):
+    return root
+  dirs = {s: os.path.join(root, s) for s in SPLIT_FOLDERS}
+  try:
+    os.makedirs(root, exist_ok=True)
+    _write_marker(root, arguments, complete=False)
+    for d in dirs.values():
+      os.makedirs(d, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'cannot write the synthetic dataset folder {root}: {e.strerror or e}') from e
   master = np.random.default_rng([seed, 0])
   total = num_train_ids + num_test_ids
   pids = master.permutation(np.arange(1, max(2 * total, 10) + 1))[:total]
@@ -431,6 +503,7 @@ def generate(root: str, *, seed: int = 0, num_train_ids: int = 100, num_test_ids
     c = int(rng.integers(num_cameras))
     other = _identity(rng) if rng.random() < 0.5 else None
     save('bounding_box_test', 0, c, render(other, cams[c], rng, size, occlusion=0.6), box=2)
+  _write_marker(root, arguments, complete=True)
   return root
 
 
@@ -444,15 +517,27 @@ def main(argv=None) -> int:
   parser.add_argument('--images_per_camera', type=int, default=3)
   parser.add_argument('--image_size', default='128,64', help='H,W')
   args = parser.parse_args(argv)
-  size = tuple(int(v) for v in args.image_size.split(','))
+  out = os.path.abspath(os.path.expanduser(args.out))
   t = time.time()
-  generate(args.out, seed=args.seed, num_train_ids=args.num_train_ids,
-           num_test_ids=args.num_test_ids, num_cameras=args.num_cameras,
-           images_per_camera=args.images_per_camera, image_size=size)
-  counts = {s: len(os.listdir(os.path.join(args.out, s)))
-            for s in ('bounding_box_train', 'query', 'bounding_box_test')}
-  print(f'wrote {args.out} in {time.time() - t:.1f} s: ' +
-        ', '.join(f'{k} {v}' for k, v in counts.items()))
+  try:
+    try:
+      size = tuple(int(v) for v in args.image_size.split(','))
+      if len(size) != 2:
+        raise ValueError
+    except ValueError:
+      raise ValueError(f'--image_size={args.image_size!r}: expected H,W') from None
+    before = _read_marker(out) if os.path.isdir(out) else None
+    generate(out, seed=args.seed, num_train_ids=args.num_train_ids,
+             num_test_ids=args.num_test_ids, num_cameras=args.num_cameras,
+             images_per_camera=args.images_per_camera, image_size=size)
+  except (ValueError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  counts = ', '.join(f'{s} {len(os.listdir(os.path.join(out, s)))}' for s in SPLIT_FOLDERS)
+  if before is not None and before.get('complete'):
+    print(f'{out} already holds this dataset (reused as it is): {counts}')
+  else:
+    print(f'wrote {out} in {time.time() - t:.1f} s: {counts}')
   return 0
 
 
