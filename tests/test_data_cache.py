@@ -149,3 +149,19 @@ def test_load_decoded_folder_form(tmp_path):
   np.testing.assert_array_equal(arr['gallery'][3], arrays[ds.gallery.paths[3]])
   with pytest.raises(ValueError, match='root'):
     load_decoded('market1501', None, (16, 8))
+
+
+def test_progress_bar_names_the_split(tmp_path, capsys):
+  pytest.importorskip('tqdm')
+  root, _ = _market(tmp_path / 'data')
+  ds = load_dataset('market1501', root)
+  assert (ds.train.name, ds.query.name, ds.gallery.name) == ('train', 'query', 'gallery')
+  for split in (ds.train, ds.query, ds.gallery):
+    decode_split(split, (16, 8), str(tmp_path / 'cache'), progress=True)
+    err = capsys.readouterr().err
+    assert f'{split.name}:' in err and 'bounding:' not in err, err
+  # A split made elsewhere, without a name: its whole folder name.
+  unnamed = datasets.Split(paths=ds.gallery.paths, pids=ds.gallery.pids,
+                           camids=ds.gallery.camids, junk=ds.gallery.junk)
+  decode_split(unnamed, (8, 4), str(tmp_path / 'cache'), progress=True)
+  assert 'bounding_box_test:' in capsys.readouterr().err

@@ -72,6 +72,12 @@ def split_key(paths: Sequence[str], size: tuple) -> str:
   return h.hexdigest()
 
 
+def _folder_name(paths: Sequence[str]) -> str:
+  """The name of the folder that holds all `paths` (e.g. bounding_box_train)."""
+  common = os.path.commonpath([os.path.abspath(p) for p in paths])
+  return os.path.basename(common if os.path.isdir(common) else os.path.dirname(common))
+
+
 def cache_path(split: datasets.Split, size: tuple, cache_dir: Optional[str] = None) -> str:
   """Where `decode_split(split, size, cache_dir)` stores its array."""
   paths = list(split.paths)
@@ -79,9 +85,7 @@ def cache_path(split: datasets.Split, size: tuple, cache_dir: Optional[str] = No
     raise ValueError('cannot cache an empty split')
   size = check_size(size)
   cache_dir = cache_dir or default_cache_dir(paths)
-  common = os.path.commonpath([os.path.abspath(p) for p in paths])
-  prefix = os.path.basename(common if os.path.isdir(common) else os.path.dirname(common))
-  prefix = ''.join(c if c.isalnum() or c in '-_' else '_' for c in prefix) or 'split'
+  prefix = ''.join(c if c.isalnum() or c in '-_' else '_' for c in _folder_name(paths)) or 'split'
   key = split_key(paths, size)[:20]
   return os.path.join(cache_dir, f'{prefix}_{len(paths)}x{size[0]}x{size[1]}_{key}.npy')
 
@@ -185,7 +189,8 @@ def decode_split(split: datasets.Split, size: tuple, cache_dir: Optional[str] = 
   tmp = f'{path}.tmp-{os.getpid()}-{time.time_ns()}'
   try:
     out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=shape)
-    _decode_into(out, paths, size, progress, os.path.basename(path).split('_')[0])
+    # Labelled with the split's name (train / query / gallery), else its whole folder name.
+    _decode_into(out, paths, size, progress, split.name or _folder_name(paths) or 'decode')
     out.flush()
     del out
     os.replace(tmp, path)

@@ -55,6 +55,7 @@ class Split:
   camids: np.ndarray  # int64 [N]
   junk: np.ndarray  # bool [N]
   labels: Optional[np.ndarray] = None  # int32 [N] 0..C-1, train split only
+  name: str = ''  # 'train', 'query' or 'gallery' (labels the decode progress bar)
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -245,7 +246,7 @@ def _make_split(items: list, split_name: str, where: str, notes: list,
   if pid_to_label is not None:
     labels = np.array([pid_to_label[int(p)] for p in pids], dtype=np.int32)
   return Split(paths=tuple(it.path for it in items), pids=pids, camids=camids, junk=junk,
-               labels=labels)
+               labels=labels, name=split_name)
 
 
 def _build(name: str, root: str, train: list, query: list, gallery: list, where: dict,

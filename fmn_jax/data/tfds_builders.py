@@ -238,7 +238,7 @@ def read_decoded(tfds_dir: str, size, *, name: Optional[str] = None,
     splits[split_name] = datasets.Split(
         paths=tuple(str(x) for x in m['filename']), pids=m['pid'].astype(np.int64),
         camids=m['camid'].astype(np.int64), junk=m['junk'].astype(bool),
-        labels=m['label'].astype(np.int32) if split_name == 'train' else None)
+        labels=m['label'].astype(np.int32) if split_name == 'train' else None, name=split_name)
   train = splits['train']
   pid_to_label = {int(p): int(l) for p, l in zip(train.pids, train.labels)}
   ds = datasets.ReidDataset(
