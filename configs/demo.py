@@ -3,9 +3,10 @@
     python -m fmn_jax.main --config=configs/demo.py --workdir=/tmp/demo
 
 The synthetic dataset (Market-1501 layout, no download) is generated into DIR/data on the first
-run. The network is a narrow ResNet-50 (width 16, 64x32 input, so pool1 is 16x8) trained from
-random initialisation; give `--config.model.pretrained=imagenet` (and width 64) for the real
-ImageNet weights. Chance rank-1 is 1/num_test_ids.
+run. The network is a narrow 17-layer ResNet (width 16, one bottleneck per stage, 64x32 input, so
+pool1 is 16x8) trained from random initialisation. The real ImageNet weights need the ResNet-50
+itself: --config.model.pretrained=imagenet --config.model.width=64
+--config.model.stage_sizes=3,4,6,3. Chance rank-1 is 1/num_test_ids.
 """
 
 import os

@@ -165,3 +165,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith('error: ') and named in err and err.count('\n') == 1, err
   # The refused run left the dataset as it was.
   assert counts == {s: len(os.listdir(os.path.join(out, s))) for s in synthetic.SPLIT_FOLDERS}
+
+
+def test_demo_config_docstring_matches_its_network():
+  import runpy  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                      'demo.py')
+  module = runpy.run_path(path)
+  config = module['get_config']()
+  doc = ' '.join(module['__doc__'].split())
+  depth = 3 * sum(config.model.stage_sizes) + 2  # Bottlenecks of 3 convs, the stem, the classifier.
+  assert f'{depth}-layer ResNet' in doc and f'width {config.model.width}' in doc, doc
+  assert 'ResNet-50 (' not in doc  # The ImageNet weights are named with the overrides they need.
+  assert '--config.model.stage_sizes=3,4,6,3' in doc
