@@ -3,10 +3,12 @@
     python -m fmn_jax.main --config=configs/demo.py --workdir=/tmp/demo
 
 The synthetic dataset (Market-1501 layout, no download) is generated into DIR/data on the first
-run. The network is a narrow 17-layer ResNet (width 16, one bottleneck per stage, 64x32 input, so
-pool1 is 16x8) trained from random initialisation. The real ImageNet weights need the ResNet-50
-itself: --config.model.pretrained=imagenet --config.model.width=64
---config.model.stage_sizes=3,4,6,3. Chance rank-1 is 1/num_test_ids.
+run. The network is a narrow ResNet with one bottleneck per stage, stage_sizes (1, 1, 1, 1):
+14 layers as ResNet-50 counts its 50 (the stem, 4 x 3 bottleneck convolutions, the classifier;
+17 convolutions with the 4 projection shortcuts), width 16, 64x32 input (so pool1 is 16x8),
+trained from random initialisation. The real ImageNet weights need the ResNet-50 itself:
+--config.model.pretrained=imagenet --config.model.width=64 --config.model.stage_sizes=3,4,6,3.
+Chance rank-1 is 1/num_test_ids.
 """
 
 import os
@@ -33,8 +35,8 @@ def get_config(variant: str = ''):
   config.input.pad = 4
 
   config.model.width = 16
-  # One bottleneck per stage (a 17-layer ResNet): from random initialisation it learns several
-  # times faster per CPU second than the 50-layer one.
+  # One bottleneck per stage (14 layers as ResNet-50 counts them): from random initialisation it
+  # learns several times faster per CPU second than the 50-layer one.
   config.model.stage_sizes = (1, 1, 1, 1)
   config.model.dtype = 'float32'   # bfloat16 is slow on most CPUs
   config.model.pretrained = ''     # random initialisation

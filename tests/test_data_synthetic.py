@@ -174,7 +174,9 @@ def test_demo_config_docstring_matches_its_network():
   module = runpy.run_path(path)
   config = module['get_config']()
   doc = ' '.join(module['__doc__'].split())
-  depth = 3 * sum(config.model.stage_sizes) + 2  # Bottlenecks of 3 convs, the stem, the classifier.
-  assert f'{depth}-layer ResNet' in doc and f'width {config.model.width}' in doc, doc
+  # Counted as ResNet-50 counts its 50: bottlenecks of 3 convolutions, the stem, the classifier.
+  depth = 3 * sum(config.model.stage_sizes) + 2
+  assert f'stage_sizes {tuple(config.model.stage_sizes)}: {depth} layers' in doc, doc
+  assert f'width {config.model.width}' in doc, doc
   assert 'ResNet-50 (' not in doc  # The ImageNet weights are named with the overrides they need.
   assert '--config.model.stage_sizes=3,4,6,3' in doc
