@@ -38,6 +38,33 @@ import numpy as np
 MAGIC = b'FMNJAXEX'
 FORMAT_VERSION = 1
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
+# The lowering platforms jax.export takes (it records any other name without complaint, and such
+# a file then runs nowhere).
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+
+
+def parse_platforms(platforms: Any) -> Tuple[str, ...]:
+  """Checks lowering platforms (a comma-separated string or a sequence) against `PLATFORMS`.
+
+  Returns them as a tuple, lower case; raises ValueError naming an unknown or repeated one.
+  """
+  items = platforms.split(',') if isinstance(platforms, str) else list(platforms)
+  out = []
+  for item in items:
+    name = str(item).strip().lower()
+    if not name:
+      continue
+    if name not in PLATFORMS:
+      hint = ' (a GPU is cuda or rocm)' if name == 'gpu' else ''
+      raise ValueError(f'--platforms: unknown platform {str(item).strip()!r}{hint}; jax.export '
+                       f'lowers for {", ".join(PLATFORMS)}')
+    if name in out:
+      raise ValueError(f'--platforms: {name!r} is listed twice in {platforms!r}')
+    out.append(name)
+  if not out:
+    raise ValueError(f'--platforms: no platform given ({platforms!r}); choose from '
+                     f'{", ".join(PLATFORMS)}')
+  return tuple(out)
 
 
 def _require_flatbuffers() -> None:
@@ -60,6 +87,7 @@ def export_function(fn: Callable[[jnp.ndarray], Any], input_size: Tuple[int, int
     batch_size: None for a symbolic batch dimension (any batch size), else a fixed batch (the
       loader then pads and splits).
   """
+  platforms = parse_platforms(platforms)
   h, w = int(input_size[0]), int(input_size[1])
   if batch_size is None:
     (b,) = jax.export.symbolic_shape('b')
@@ -252,7 +280,7 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  model, variables, config = extract.restore(f.workdir)
+  out = extract.expand_path(f.out)
   size = None
   if f.input_size:
     try:
@@ -261,12 +289,13 @@ def main(argv):
     except (ValueError, AssertionError):
       raise ValueError(f'--input_size must be H,W (positive integers), got {f.input_size!r}'
                        ) from None
-  platforms = tuple(p.strip() for p in f.platforms.split(',') if p.strip())
+  platforms = parse_platforms(f.platforms)  # Checked before the (slow) restore.
+  model, variables, config = extract.restore_from_flags()
   exported, header = export_model(model, variables, config, input_size=size,
                                   platforms=platforms, batch_size=f.batch_size or None)
-  header['workdir'] = os.path.abspath(f.workdir)
-  write_exported(f.out, exported, header)
-  print(f'wrote {f.out} ({os.path.getsize(f.out) / 2**20:.1f} MiB): uint8 '
+  header['workdir'] = os.path.abspath(extract.expand_path(f.workdir))
+  write_exported(out, exported, header)
+  print(f'wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB): uint8 '
         f'[N, {header["input_size"][0]}, {header["input_size"][1]}, 3] -> descriptor '
         f'[N, {header["descriptor_dim"]}], platforms {",".join(platforms)}, '
         f'batch {"any" if header["batch_size"] is None else header["batch_size"]}')
@@ -274,12 +303,13 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'Trained workdir.', required=True)
+  from fmn_jax import extract  # pylint: disable=g-import-not-at-top
+  extract.define_workdir_flags()
   flags.DEFINE_string('out', 'fmn.jaxexp', 'Output file.')
   flags.DEFINE_string('input_size', '', 'H,W of the input images (default: the model input '
                       'size config.input.image_size).')
   flags.DEFINE_string('platforms', ','.join(DEFAULT_PLATFORMS),
-                      'Comma-separated lowering platforms (cpu, cuda, rocm, tpu).')
+                      f'Comma-separated lowering platforms ({", ".join(PLATFORMS)}).')
   flags.DEFINE_integer('batch_size', 0, 'Fixed batch size (0: any batch size).')
 
 

@@ -18,6 +18,10 @@ and `l` (the GRN and LAN features), `paths` (absolute), `skipped` (unreadable fi
 normalisation, flip, alpha; descriptor size). It is read without pickle:
 `np.load(path)` or `fmn_jax.extract.load_features(path)`.
 
+Path flags may start with `~`. A run whose stage 2 was stopped before its last step is refused
+unless `--allow_unfinished` (every tool: extract, search, export, visualize) takes its latest
+stage-2 checkpoint.
+
 API: `extract_features(variables, images_or_paths, config) -> (names, descriptors)`.
 """
 
@@ -26,6 +30,7 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -249,38 +254,82 @@ def save_features(path: str, feats: Features, parts: bool = True) -> str:
 
 def load_features(path: str) -> Features:
   """Reads a features .npz written by `save_features` / ``python -m fmn_jax.extract``."""
+  path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'features file not found: {path!r}')
+  not_ours = f'{path!r} is not a features .npz written by fmn_jax.extract'
+  if os.path.isdir(path) or not zipfile.is_zipfile(path):
+    raise ValueError(f'{not_ours}: not an .npz (zip) archive')
   try:
     data = np.load(path, allow_pickle=False)
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, zipfile.BadZipFile) as e:
     raise ValueError(f'cannot read features file {path!r}: {e}') from None
   with data:
     for key in ('names', 'descriptors'):
       if key not in data.files:
-        raise ValueError(f'features file {path!r} has no {key!r} array (keys: {data.files}); '
-                         'write it with python -m fmn_jax.extract')
-    names = [str(s) for s in data['names']]
-    desc = np.asarray(data['descriptors'], np.float32)
+        raise ValueError(f'{not_ours}: it has no {key!r} array (arrays: {data.files})')
+    try:
+      names = [str(s) for s in data['names']]
+      desc = np.asarray(data['descriptors'], np.float32)
+      meta = json.loads(str(data['meta'])) if 'meta' in data.files else {}
+      g = np.asarray(data['g'], np.float32) if 'g' in data.files else None
+      l = np.asarray(data['l'], np.float32) if 'l' in data.files else None
+      paths = [str(s) for s in data['paths']] if 'paths' in data.files else None
+      skipped = [(str(s), '') for s in data['skipped']] if 'skipped' in data.files else []
+    except (ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
+      # Object (pickled) arrays, damaged members, a meta that is not JSON.
+      reason = ('it holds pickled (object) arrays, which are not loaded' if 'pickle' in str(e)
+                else f'{type(e).__name__}: {(str(e).splitlines() or [""])[0]}')
+      raise ValueError(f'{not_ours}: {reason}') from None
     if desc.ndim != 2 or desc.shape[0] != len(names):
       raise ValueError(f'features file {path!r}: descriptors shape {desc.shape} does not match '
                        f'{len(names)} names')
-    meta = json.loads(str(data['meta'])) if 'meta' in data.files else {}
-    return Features(
-        names=names, descriptors=desc,
-        g=np.asarray(data['g'], np.float32) if 'g' in data.files else None,
-        l=np.asarray(data['l'], np.float32) if 'l' in data.files else None,
-        paths=[str(s) for s in data['paths']] if 'paths' in data.files else None,
-        skipped=[(str(s), '') for s in data['skipped']] if 'skipped' in data.files else [],
-        meta=meta)
+    return Features(names=names, descriptors=desc, g=g, l=l, paths=paths, skipped=skipped,
+                    meta=meta if isinstance(meta, dict) else {})
 
 
-def restore(workdir: str):
-  """``(model, variables, config)`` of a trained workdir (``train.restore_model``)."""
+def restore(workdir: str, allow_unfinished: bool = False):
+  """``(model, variables, config)`` of a trained workdir (``train.restore_model``).
+
+  `allow_unfinished`: also take a stage-2 checkpoint before the stage's last step (a stopped run).
+  """
+  workdir = os.path.expanduser(workdir)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir not found: {workdir!r}')
   from fmn_jax import train  # pylint: disable=g-import-not-at-top
-  return train.restore_model(workdir)
+  return train.restore_model(workdir, allow_unfinished=allow_unfinished)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line, shared by fmn_jax.extract, fmn_jax.search, fmn_jax.export and fmn_jax.visualize.
+
+
+def expand_path(path: str) -> str:
+  """``path`` with a leading ``~`` or ``~user`` expanded (the shell leaves ``--flag=~/x`` alone)."""
+  return os.path.expanduser(path) if path else path
+
+
+def expand_paths(value: str) -> str:
+  """`expand_path` of every item of a comma-separated list of paths (one path when it exists)."""
+  if not value or ',' not in value or os.path.exists(expand_path(value)):
+    return expand_path(value)
+  return ','.join(expand_path(item.strip()) for item in value.split(',') if item.strip())
+
+
+def define_workdir_flags() -> None:
+  """``--workdir`` and ``--allow_unfinished``, the same in every tool."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('workdir', None, 'Trained workdir (fmn_jax.main --workdir).', required=True)
+  flags.DEFINE_bool('allow_unfinished', False, 'Use the latest stage-2 checkpoint even when '
+                    'stage 2 was stopped before its last step (as fmn_jax.evaluate '
+                    '--allow_unfinished).')
+
+
+def restore_from_flags():
+  """`restore` of ``--workdir`` (``~`` expanded) with ``--allow_unfinished``."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  return restore(expand_path(f.workdir), allow_unfinished=f.allow_unfinished)
 
 
 def main(argv):
@@ -288,12 +337,14 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  model, variables, config = restore(f.workdir)
-  feats = extract(variables, f.images, config, model=model, batch_size=f.batch_size or None,
-                  skip_unreadable=f.skip_unreadable, progress=f.progress)
-  feats.meta['workdir'] = os.path.abspath(f.workdir)
-  save_features(f.out, feats, parts=f.parts)
-  print(f'wrote {f.out}: {len(feats)} images, descriptors {feats.descriptors.shape[1]}-d'
+  out = expand_path(f.out)
+  model, variables, config = restore_from_flags()
+  feats = extract(variables, expand_paths(f.images), config, model=model,
+                  batch_size=f.batch_size or None, skip_unreadable=f.skip_unreadable,
+                  progress=f.progress)
+  feats.meta['workdir'] = os.path.abspath(expand_path(f.workdir))
+  save_features(out, feats, parts=f.parts)
+  print(f'wrote {out}: {len(feats)} images, descriptors {feats.descriptors.shape[1]}-d'
         + (f', {len(feats.skipped)} unreadable skipped' if feats.skipped else ''))
   for p, reason in feats.skipped:
     print(f'  skipped {p}: {reason}', file=sys.stderr)
@@ -301,7 +352,7 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'Trained workdir (checkpoints + config).', required=True)
+  define_workdir_flags()
   flags.DEFINE_string('images', None, 'Folder, image, .txt list or comma-separated list.',
                       required=True)
   flags.DEFINE_string('out', 'features.npz', 'Output .npz.')

@@ -252,20 +252,22 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  model, variables, config = extract_lib.restore(f.workdir)
-  result = search(model, variables, config, f.query, f.gallery, top=f.top, rerank=f.rerank,
-                  out=f.out, figures=f.figures, skip_unreadable=f.skip_unreadable,
-                  progress=f.progress, workdir=f.workdir)
-  print(f'wrote {os.path.join(f.out, "search.json")}: {len(result["queries"])} queries, '
+  out = extract_lib.expand_path(f.out)
+  model, variables, config = extract_lib.restore_from_flags()
+  result = search(model, variables, config, extract_lib.expand_paths(f.query),
+                  extract_lib.expand_paths(f.gallery), top=f.top, rerank=f.rerank, out=out,
+                  figures=f.figures, skip_unreadable=f.skip_unreadable, progress=f.progress,
+                  workdir=extract_lib.expand_path(f.workdir))
+  print(f'wrote {os.path.join(out, "search.json")}: {len(result["queries"])} queries, '
         f'top-{result["top"]} of {result["num_gallery"]} gallery images'
-        + (f', ranked lists in {os.path.join(f.out, "ranked")}' if f.figures else ''))
+        + (f', ranked lists in {os.path.join(out, "ranked")}' if f.figures else ''))
   for p in result['skipped']:
     print(f'  skipped unreadable {p}', file=sys.stderr)
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'Trained workdir.', required=True)
+  extract_lib.define_workdir_flags()
   flags.DEFINE_string('query', None, 'Query image, folder, .txt list or features .npz.',
                       required=True)
   flags.DEFINE_string('gallery', None, 'Gallery folder, .txt list or features .npz.',

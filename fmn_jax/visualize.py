@@ -474,24 +474,29 @@ def attention(workdir: str, images=None, *, num: int = 8, out: Optional[str] = N
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from fmn_jax import extract  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if len(argv) != 2 or argv[1] not in ('ranked', 'attention'):
     raise ValueError('usage: python -m fmn_jax.visualize {ranked|attention} --workdir=DIR '
                      f'[--out=FILE.png] ...; got arguments {argv[1:]}')
+  workdir = extract.expand_path(f.workdir)
+  images = extract.expand_paths(f.images) or None
+  restored = extract.restore_from_flags()
   if argv[1] == 'ranked':
-    out = f.out or os.path.join(f.workdir, f'ranked_{f.method}_{f.order}.png')
-    path = ranked_lists(f.workdir, order=f.order, num=f.num, top=f.top, method=f.method,
-                        seed=f.seed, out=out)
+    out = extract.expand_path(f.out) or os.path.join(workdir, f'ranked_{f.method}_{f.order}.png')
+    path = ranked_lists(workdir, order=f.order, num=f.num, top=f.top, method=f.method,
+                        seed=f.seed, out=out, restored=restored)
   else:
-    out = f.out or os.path.join(f.workdir, 'attention.png')
-    path = attention(f.workdir, f.images or None, num=f.num, out=out,
-                     skip_unreadable=f.skip_unreadable)
+    out = extract.expand_path(f.out) or os.path.join(workdir, 'attention.png')
+    path = attention(workdir, images, num=f.num, out=out, skip_unreadable=f.skip_unreadable,
+                     restored=restored)
   print(f'wrote {path}')
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'Trained workdir.', required=True)
+  from fmn_jax import extract  # pylint: disable=g-import-not-at-top
+  extract.define_workdir_flags()
   flags.DEFINE_string('out', '', 'Output PNG (default DIR/ranked_<method>_<order>.png or '
                       'DIR/attention.png).')
   flags.DEFINE_enum('order', 'worst', ORDERS, 'ranked: which queries, by AP.')

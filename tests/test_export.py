@@ -38,6 +38,34 @@ def test_format_roundtrip_any_batch(tmp_path, batch_size):
     loaded(np.zeros((2, 8, 4, 3), np.float32))
 
 
+def test_platforms_checked():
+  assert export.parse_platforms("cpu, CUDA") == ("cpu", "cuda")
+  assert export.parse_platforms(["tpu", "rocm"]) == ("tpu", "rocm")
+  with pytest.raises(ValueError, match=r"^--platforms: unknown platform 'tpux'; jax\.export "
+                     r"lowers for cpu, cuda, rocm, tpu$"):
+    export.parse_platforms("cpu,tpux")
+  with pytest.raises(ValueError, match=r"unknown platform 'gpu' \(a GPU is cuda or rocm\)"):
+    export.parse_platforms("gpu")
+  with pytest.raises(ValueError, match="'cpu' is listed twice"):
+    export.parse_platforms("cpu,CPU")
+  with pytest.raises(ValueError, match="no platform given"):
+    export.parse_platforms(" , ")
+  with pytest.raises(ValueError, match="unknown platform 'tpux'"):
+    export.export_function(_fn, (8, 4), platforms=("cpu", "tpux"))
+
+
+def test_export_cli_refuses_unknown_platform(tmp_path):
+  """Checked before the run is restored: one line naming the value, nothing written."""
+  out = tmp_path / "x.jaxexp"
+  proc = subprocess.run([sys.executable, "-m", "fmn_jax.export", f"--workdir={tmp_path}",
+                         "--platforms=cpu,tpux", f"--out={out}"], cwd=REPO,
+                        capture_output=True, text=True)
+  assert proc.returncode == 1 and not out.exists()
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --platforms: unknown platform 'tpux'; jax.export lowers for cpu, cuda, rocm, tpu")
+  assert "Traceback" not in proc.stderr
+
+
 def test_bad_files(tmp_path):
   bad = tmp_path / "bad.jaxexp"
   bad.write_bytes(b"PK\x03\x04 something else")
@@ -45,6 +73,12 @@ def test_bad_files(tmp_path):
     export.load_exported(str(bad))
   with pytest.raises(FileNotFoundError, match="missing"):
     export.load_exported(str(tmp_path / "missing.jaxexp"))
+
+
+def _home_env(env, home):
+  """``env`` in which '~' is ``home`` (user site-packages kept where they are)."""
+  import site
+  return dict(env, HOME=str(home), PYTHONUSERBASE=site.getuserbase())
 
 
 _LOADER = textwrap.dedent("""
@@ -64,10 +98,14 @@ def test_export_cli_and_loader_without_model_code(tiny_model, tiny_run, tmp_path
   from fmn_jax import extract
   model, variables, config = tiny_model
   path = str(tmp_path / "fmn.jaxexp")
-  proc = subprocess.run([sys.executable, "-m", "fmn_jax.export",
-                         f"--workdir={tiny_run['workdir']}", f"--out={path}"],
-                        env=tiny_run["env"], cwd=REPO, capture_output=True, text=True)
+  os.symlink(tiny_run["workdir"], tmp_path / "run")
+  proc = subprocess.run([sys.executable, "-m", "fmn_jax.export", "--workdir=~/run",
+                         "--out=~/fmn.jaxexp"],  # '~' is tmp_path
+                        env=_home_env(tiny_run["env"], tmp_path), cwd=str(tmp_path),
+                        capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "could not be restored" not in proc.stderr  # orbax's warning about the checkpoint
+  assert not (tmp_path / "~").exists()
   header, _ = export.read_exported(path)
   assert header["input_size"] == list(config.input.image_size)
   assert header["normalization"] == config.input.normalization and header["batch_size"] is None

@@ -1,6 +1,8 @@
 """Tests of image loading (fmn_jax.images) and feature extraction (fmn_jax.extract)."""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -154,3 +156,82 @@ def test_extract_cli_writes_npz_and_skips(tiny_run, mixed_folder, tmp_path):
   assert [os.path.basename(p) for p, _ in feats.skipped] == ["broken.jpg"]
   with np.load(out, allow_pickle=False) as raw:  # plain arrays, no pickle
     assert set(raw.files) >= {"names", "descriptors", "g", "l", "paths", "meta", "skipped"}
+
+
+def test_cli_paths_expand_home(monkeypatch, tmp_path):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert extract.expand_path("~/a/q.npz") == str(tmp_path / "a" / "q.npz")
+  assert extract.expand_path("") == "" and extract.expand_path("rel/x") == "rel/x"
+  assert extract.expand_paths("~/a.jpg, ~/b,c/d.png") == f"{tmp_path}/a.jpg,{tmp_path}/b,c/d.png"
+  (tmp_path / "x,y").mkdir()  # An existing path with a comma is one path.
+  assert extract.expand_paths("~/x,y") == str(tmp_path / "x,y")
+
+
+def test_load_features_names_files_that_are_not_features(tmp_path):
+  text = tmp_path / "notes.npz"
+  text.write_text("query,gallery\n1,2\n")
+  with pytest.raises(ValueError, match=r"notes\.npz' is not a features \.npz written by "
+                     r"fmn_jax\.extract: not an \.npz \(zip\) archive$"):
+    extract.load_features(str(text))
+  np.savez(tmp_path / "other.npz", x=np.zeros(3))
+  with pytest.raises(ValueError, match=r"other\.npz' is not a features .*no 'names' array"):
+    extract.load_features(str(tmp_path / "other.npz"))
+  np.savez(tmp_path / "pickled.npz", names=np.asarray(["a", None], dtype=object),
+           descriptors=np.zeros((2, 4), np.float32))
+  with pytest.raises(ValueError, match=r"pickled\.npz' is not a features .*pickled \(object\) "
+                     r"arrays, which are not loaded$"):
+    extract.load_features(str(tmp_path / "pickled.npz"))
+
+
+def _home_env(env, home):
+  """``env`` in which '~' is ``home`` (user site-packages kept where they are)."""
+  import site
+  return dict(env, HOME=str(home), PYTHONUSERBASE=site.getuserbase())
+
+
+def _unfinished_copy(workdir, dest):
+  """A copy of a finished run (config, last stage-2 checkpoint) that the tools take for one
+  stopped in stage 2: its checkpoint is filed one step before the stage's recorded last step."""
+  src = os.path.join(workdir, "checkpoints", "fmn")
+  last = max(int(d) for d in os.listdir(src) if d.isdigit())
+  shutil.copytree(os.path.join(src, str(last)),
+                  os.path.join(dest, "checkpoints", "fmn", str(last - 1)))
+  for name in ("config.json", "run.json"):
+    shutil.copy(os.path.join(workdir, name), dest)
+  return last - 1, last
+
+
+def test_extract_cli_unfinished_run_and_home_paths(tiny_run, tmp_path):
+  """`~` in --workdir/--images/--out; an unfinished stage 2 is refused, or used with
+  --allow_unfinished; no orbax warning about the checkpoint's item."""
+  home = tmp_path / "home"
+  step, total = _unfinished_copy(tiny_run["workdir"], str(home / "unf"))
+  query = os.path.join(tiny_run["workdir"], "data", "query")
+  (home / "imgs").mkdir()
+  for name in sorted(os.listdir(query))[:3]:
+    shutil.copy(os.path.join(query, name), home / "imgs" / name)
+  cmd = [sys.executable, "-m", "fmn_jax.extract", "--workdir=~/unf", "--images=~/imgs",
+         "--out=~/out/f.npz", "--noprogress"]
+  env = _home_env(tiny_run["env"], home)
+  refused = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True)
+  assert refused.returncode == 1, refused.stderr[-3000:]
+  errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+  assert re.search(rf"at step {step} of {total}: stage 2 was stopped .*--allow_unfinished",
+                   errors[0]), errors[0]
+  assert str(home / "unf") in errors[0]
+  assert "could not be restored" not in refused.stderr
+  done = subprocess.run(cmd + ["--allow_unfinished"], env=env, cwd=str(tmp_path),
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "could not be restored" not in done.stderr
+  feats = extract.load_features(str(home / "out" / "f.npz"))
+  assert len(feats) == 3 and feats.meta["workdir"] == str(home / "unf")
+  assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("tool", ["extract", "search", "export", "visualize"])
+def test_tools_take_allow_unfinished(tool):
+  proc = subprocess.run([sys.executable, "-m", f"fmn_jax.{tool}", "--helpfull"], cwd=REPO,
+                        capture_output=True, text=True)
+  assert "--[no]allow_unfinished" in proc.stdout + proc.stderr

@@ -14,8 +14,6 @@ import pytest
 from fmn_jax import extract
 from fmn_jax import search
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_rank_and_json_format():
   q = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)
@@ -58,6 +56,23 @@ def test_search_api_folder_gallery_with_rerank(tiny_model, tiny_run, tmp_path):
     assert json.load(f)["queries"][0]["results"] == entry["results"]
 
 
+def _home_env(env, home):
+  """``env`` in which '~' is ``home`` (user site-packages and matplotlib's cache kept)."""
+  import site
+  import matplotlib
+  return dict(env, HOME=str(home), PYTHONUSERBASE=site.getuserbase(),
+              MPLCONFIGDIR=matplotlib.get_configdir())
+
+
+def test_search_names_a_file_that_is_not_features(tiny_model, tmp_path):
+  model, variables, config = tiny_model
+  text = tmp_path / "gallery.npz"
+  text.write_text("a.jpg\nb.jpg\n")
+  with pytest.raises(ValueError, match=r"gallery\.npz' is not a features \.npz written by "
+                     r"fmn_jax\.extract"):
+    search.search(model, variables, config, str(text), str(text), progress=False)
+
+
 def test_search_cli_with_features_gallery(tiny_model, tiny_run, tmp_path):
   """A features-file gallery is used as is: its image files may even be gone."""
   model, variables, config = tiny_model
@@ -76,14 +91,18 @@ def test_search_cli_with_features_gallery(tiny_model, tiny_run, tmp_path):
   Image.open(qdir / names[1]).convert("L").resize((50, 100)).save(qdir / "grey.png")
   os.remove(qdir / names[1])
   out = tmp_path / "out"
-  proc = subprocess.run(
-      [sys.executable, "-m", "fmn_jax.search", f"--workdir={tiny_run['workdir']}",
-       f"--query={qdir}", f"--gallery={npz}", "--top=4", f"--out={out}", "--noprogress"],
-      env=tiny_run["env"], cwd=REPO, capture_output=True, text=True)
+  os.symlink(tiny_run["workdir"], tmp_path / "run")
+  proc = subprocess.run(  # Every path given from '~' (here tmp_path).
+      [sys.executable, "-m", "fmn_jax.search", "--workdir=~/run", "--query=~/queries",
+       "--gallery=~/gallery.npz", "--top=4", "--out=~/out", "--noprogress"],
+      env=_home_env(tiny_run["env"], tmp_path), cwd=str(tmp_path), capture_output=True,
+      text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "could not be restored" not in proc.stderr  # orbax's warning about the checkpoint
   with open(out / "search.json") as f:
     result = json.load(f)
   assert result["gallery_source"] == npz and result["num_gallery"] == len(feats)
+  assert result["workdir"] == str(tmp_path / "run") and not (tmp_path / "~").exists()
   assert [q["query"] for q in result["queries"]] == [names[0], "grey.png"]
   for q in result["queries"]:
     assert [r["rank"] for r in q["results"]] == [1, 2, 3, 4]

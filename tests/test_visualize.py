@@ -11,8 +11,6 @@ import pytest
 
 from fmn_jax import visualize
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _count(img, color, tol=30):
   return int(np.sum(np.all(np.abs(img[..., :3].astype(int) - color) <= tol, axis=-1)))
@@ -96,13 +94,21 @@ def _preprocess(imgs, config):
 
 @pytest.mark.parametrize("command", ["ranked", "attention"])
 def test_visualize_cli(tiny_run, tmp_path, command):
+  """Paths given from '~' (here tmp_path)."""
+  import site
+  import matplotlib
   out = tmp_path / f"{command}.png"
+  os.symlink(tiny_run["workdir"], tmp_path / "run")
   args = ["--order=worst", "--num=3", "--top=5"] if command == "ranked" else [
-      f"--images={os.path.join(tiny_run['workdir'], 'data', 'query')}", "--num=3"]
-  proc = subprocess.run([sys.executable, "-m", "fmn_jax.visualize", command,
-                         f"--workdir={tiny_run['workdir']}", f"--out={out}"] + args,
-                        env=tiny_run["env"], cwd=REPO, capture_output=True, text=True)
+      "--images=~/run/data/query", "--num=3"]
+  env = dict(tiny_run["env"], HOME=str(tmp_path), PYTHONUSERBASE=site.getuserbase(),
+             MPLCONFIGDIR=matplotlib.get_configdir())
+  proc = subprocess.run([sys.executable, "-m", "fmn_jax.visualize", command, "--workdir=~/run",
+                         f"--out=~/{command}.png"] + args,
+                        env=env, cwd=str(tmp_path), capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "could not be restored" not in proc.stderr  # orbax's warning about the checkpoint
+  assert not (tmp_path / "~").exists()
   with Image.open(out) as im:
     assert im.size[0] > 200 and im.size[1] > 200
   if command == "ranked":
