@@ -29,6 +29,7 @@ Command line:
 """
 
 import argparse
+import collections
 import functools
 import hashlib
 import json
@@ -39,7 +40,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -154,6 +155,39 @@ def _tfjs_nbytes(weight: dict) -> int:
   return int(np.prod(weight['shape'], dtype=np.int64)) * 4
 
 
+def _check_tfjs_shard_sizes(json_path: str, shard_paths: List[str], need: int) -> None:
+  """Raises ValueError naming the shard(s) whose size is wrong when the shards of a weight group
+  do not hold the `need` bytes its manifest describes.
+
+  A group's tensors are concatenated in manifest order and cut into shards of one size, the last
+  shard holding the rest. That size is the one most of the other shards have (two at least must
+  agree, so that one damaged shard cannot set it); with it, each shard's expected size is known.
+  Where it cannot be told (two shards, or no two alike), every shard's size is listed.
+  """
+  sizes = [os.path.getsize(p) for p in shard_paths]
+  have = sum(sizes)
+  if have == need:
+    return
+  kind = 'truncated' if have < need else 'extra data'
+  expected = None
+  if len(sizes) == 1:
+    expected = [need]
+  else:
+    counts = collections.Counter(sizes[:-1])
+    shard_size, count = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+    last = need - (len(sizes) - 1) * shard_size
+    if count >= 2 and last > 0:
+      expected = [shard_size] * (len(sizes) - 1) + [last]
+  if expected is not None:
+    bad = [f'{p} ({n} bytes, {e} expected: {"truncated" if n < e else "extra data"})'
+           for p, n, e in zip(shard_paths, sizes, expected) if n != e]
+    raise ValueError(f'{json_path}: wrong size of weight shard {", ".join(bad)}; the manifest '
+                     f'describes {need} bytes in {len(sizes)} shards, they hold {have}')
+  listed = ', '.join(f'{os.path.basename(p)} {n}' for p, n in zip(shard_paths, sizes))
+  raise ValueError(f'{json_path}: the shards hold {have} bytes, the manifest describes {need} '
+                   f'({kind}; shard sizes in bytes: {listed})')
+
+
 def read_tfjs(path: str) -> Dict[str, np.ndarray]:
   """Tensors of a TF.js layers model (folder or model.json), by their Keras names."""
   json_path = os.path.join(path, 'model.json') if os.path.isdir(path) else path
@@ -168,25 +202,29 @@ def read_tfjs(path: str) -> Dict[str, np.ndarray]:
                      f'({type(e).__name__}: {e})') from e
   tensors = {}
   for group in manifest:
-    chunks = []
-    for shard in group['paths']:
-      shard_path = os.path.join(folder, shard)
+    try:
+      shard_paths = [os.path.join(folder, shard) for shard in group['paths']]
+      weights = [(w['name'], w, _tfjs_nbytes(w)) for w in group['weights']]
+    except (KeyError, TypeError) as e:
+      raise ValueError(f'{json_path}: a weightsManifest group lacks its shard paths, or a '
+                       f'tensor its name, shape or dtype ({type(e).__name__}: {e})') from e
+    for shard_path in shard_paths:
       if not os.path.isfile(shard_path):
         raise FileNotFoundError(f'{shard_path}: weight shard listed in {json_path} is missing')
+    _check_tfjs_shard_sizes(json_path, shard_paths, sum(n for _, _, n in weights))
+    chunks = []
+    for shard_path in shard_paths:
       with open(shard_path, 'rb') as f:
         chunks.append(f.read())
     data = b''.join(chunks)
     offset = 0
-    for weight in group['weights']:
-      nbytes = _tfjs_nbytes(weight)
-      if offset + nbytes > len(data):
+    for name, weight, nbytes in weights:
+      if offset + nbytes > len(data):  # The files changed while being read.
         raise ValueError(
             f"{json_path}: shards {group['paths']} hold {len(data)} bytes but tensor "
-            f"{weight['name']!r} needs bytes {offset}..{offset + nbytes} (truncated or missing "
-            f'shard data)')
+            f'{name!r} needs bytes {offset}..{offset + nbytes} (truncated or missing shard data)')
       array = np.frombuffer(data, dtype=np.dtype(_TFJS_DTYPES[weight['dtype']]).newbyteorder('<'),
                             count=nbytes // 4, offset=offset)
-      name = weight['name']
       if name in tensors:
         raise ValueError(f'{json_path}: tensor {name!r} appears twice in the manifest')
       tensors[name] = array.reshape(weight['shape']).astype(np.float32)

@@ -212,11 +212,15 @@ def write_keras_h5(path, tensors, whole_model=False):
       f.create_group('optimizer_weights').create_dataset('iterations:0', data=np.int64(3))
 
 
-def write_tfjs(folder, tensors, num_shards=2):
+def write_tfjs(folder, tensors, num_shards=2, shard_bytes=None):
+  """A TF.js folder; with `shard_bytes`, cut as the TF.js converter cuts (shards of that size,
+  the last one holding the rest), else into `num_shards` near-equal shards."""
   folder.mkdir(parents=True, exist_ok=True)
   names = list(tensors)
   data = b''.join(np.ascontiguousarray(tensors[n], '<f4').tobytes() for n in names)
-  cut = len(data) // num_shards
+  if shard_bytes is not None:
+    num_shards = -(-len(data) // shard_bytes)
+  cut = shard_bytes or len(data) // num_shards
   paths = []
   for i in range(num_shards):
     paths.append(f'group1-shard{i + 1}of{num_shards}.bin')
@@ -554,6 +558,57 @@ def test_errors_truncated_files(tiny_keras, tmp_path):
   data = (tmp_path / 'ok.npz').read_bytes()
   (tmp_path / 'cut.npz').write_bytes(data[:len(data) // 2])
   assert 'cut.npz' in _error(tmp_path / 'cut.npz')
+
+
+def test_tfjs_shard_of_wrong_size_is_named(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  tensors = {f't{i}/kernel': rng.normal(size=(5, 7)).astype(np.float32) for i in range(6)}
+  folder = write_tfjs(tmp_path / 'tfjs', tensors, shard_bytes=200)  # 840 bytes: 5 shards.
+  names = [f'group1-shard{i}of5.bin' for i in range(1, 6)]
+  assert sorted(os.listdir(folder)) == sorted(names + ['model.json'])
+  got = pretrained.read_tfjs(str(folder))
+  np.testing.assert_array_equal(got['t5/kernel'], tensors['t5/kernel'])
+
+  def only_named(bad, msg):
+    assert str(folder / bad) in msg, msg
+    assert not any(n in msg for n in names if n != bad), msg
+
+  for bad, cut in (('group1-shard2of5.bin', 60), ('group1-shard5of5.bin', 8)):
+    shard = folder / bad
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-cut])
+    msg = _error(folder)
+    only_named(bad, msg)
+    assert f'({len(data) - cut} bytes, {len(data)} expected: truncated)' in msg, msg
+    shard.write_bytes(data)
+  shard = folder / 'group1-shard3of5.bin'
+  shard.write_bytes(shard.read_bytes() + b'\0' * 4)
+  only_named('group1-shard3of5.bin', _error(folder))
+  assert 'extra data' in _error(folder)
+  # The command line: one line naming the shard.
+  shard.write_bytes(shard.read_bytes()[:-40])
+  assert pretrained.main(['info', f'--input={folder}']) == 1
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and err.count('\n') == 1, err
+  only_named('group1-shard3of5.bin', err)
+  # Two shards cannot tell which one is short: both sizes are listed.
+  two = write_tfjs(tmp_path / 'two', tensors, shard_bytes=600)
+  (two / 'group1-shard1of2.bin').write_bytes((two / 'group1-shard1of2.bin').read_bytes()[:-4])
+  msg = _error(two)
+  assert 'truncated' in msg and 'group1-shard1of2.bin 596' in msg and 'shard2of2.bin 240' in msg
+
+
+def test_tfjs_malformed_manifest_is_named(tmp_path):
+  folder = tmp_path / 'tfjs'
+  folder.mkdir()
+  (folder / 'a.bin').write_bytes(b'\0' * 8)
+  for group, missing in (({'paths': ['a.bin']}, 'weights'),
+                         ({'paths': ['a.bin'], 'weights': [{'name': 'x', 'shape': [2]}]}, 'dtype'),
+                         ({'paths': ['a.bin'], 'weights': [{'shape': [2], 'dtype': 'float32'}]},
+                          'name')):
+    (folder / 'model.json').write_text(json.dumps({'weightsManifest': [group]}))
+    msg = _error(folder)
+    assert str(folder / 'model.json') in msg and missing in msg, msg
 
 
 def test_errors_missing_unexpected_misshaped(tiny_keras, tmp_path):
