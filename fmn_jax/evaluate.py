@@ -61,6 +61,35 @@ def evaluate_features(qf: dict, gf: dict, query, gallery, config: ml_collections
   return results
 
 
+def merge_rows(previous: dict, evaluated: dict) -> dict:
+  """The method rows of results.json after an evaluation: those of `evaluated`, and each row of
+  `previous` that it did not compute (FMN+rerank of an evaluation without re-ranking) kept with a
+  'note' that it was not recomputed, rather than dropped."""
+  step = (previous.get('fmn_step') or {}).get('step')
+  earlier = ('the values of an earlier evaluation'
+             + (f' (stage-2 checkpoint at step {step})' if step is not None else ''))
+  rows = {}
+  for method in reporting.METHODS:
+    if method in evaluated:
+      rows[method] = evaluated[method]
+    elif isinstance(previous.get(method), dict):
+      why = ('the last evaluation ran without re-ranking' if method == 'FMN+rerank'
+             else 'the last evaluation did not compute it')
+      rows[method] = {**previous[method],
+                      'note': previous[method].get('note', f'not recomputed: {why}; {earlier}')}
+  return rows
+
+
+def format_rows(results: dict, ap: str = 'both') -> str:
+  """The results table of the rows computed by the last evaluation, then one line per row kept
+  from an earlier one (see `merge_rows`)."""
+  fresh = [m for m in reporting.METHODS if m in results and 'note' not in results[m]]
+  lines = [reporting.format_results_table(results, methods=fresh, ap=ap)]
+  lines += [f'{m}: {results[m]["note"]} (see results.json)' for m in reporting.METHODS
+            if m in results and 'note' in results[m]]
+  return '\n'.join(lines)
+
+
 def _summary(summary: dict) -> dict:
   return {k: (int(v) if k == 'num_valid' else float(v)) for k, v in summary.items()}
 
@@ -111,7 +140,7 @@ def reevaluate(workdir: str, rerank: Optional[bool] = None, dataset_root: Option
     with open(path, encoding='utf-8') as f:
       previous = json.load(f)
   merged = {k: v for k, v in previous.items() if k not in reporting.METHODS}
-  merged.update(results)
+  merged.update(merge_rows(previous, results))
   merged.setdefault('stage_seconds', {})['eval'] = seconds
   step, total = train.stage_progress(workdir, 'fmn')
   merged['fmn_step'] = {'step': step, 'total_steps': total}
@@ -152,7 +181,7 @@ def main(argv):
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(reporting.format_results_table(results, ap=f.ap))
+  print(format_rows(results, ap=f.ap))
   print(f'wrote {os.path.join(os.path.abspath(os.path.expanduser(f.workdir)), "results.json")}')
 
 

@@ -9,15 +9,20 @@ in --workdir, and writes DIR/results.json, DIR/log.jsonl, DIR/curves.png (and DI
 when tensorboard is installed). Any config value can be overridden with --config.KEY=VALUE; the
 config is locked, so an unknown key is an error.
 
-Exit status 4 (`EXIT_STOPPED`): the run stopped by itself on a bad config key or value, a bad
-input file or a non-finite loss, and the same command would stop the same way; the error is on stderr and in
-log.jsonl. Any other non-zero status (a crash, a lost device, a kill) is worth a retry: the same
-command resumes from the last checkpoint.
+Exit status 4 (`EXIT_STOPPED`): the run stopped by itself on a bad config file, key or value, a
+bad input file, checkpoints in --workdir written with another config, or a non-finite loss, and
+the same command would stop the same way. The error is one line on stderr and, when the workdir
+exists, an {"kind": "error", "message": ...} record in DIR/log.jsonl; a run refused before it
+starts does not create the workdir (DIR/config.json and DIR/run.json are written only once the
+run is accepted). Any other non-zero status (a crash, a lost device, a kill) is worth a retry: the
+same command resumes from the last checkpoint.
 """
 
 import importlib.util
+import json
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -71,17 +76,71 @@ def _unknown_override(argv) -> str:
   return ''
 
 
+def _flag_value(argv, name: str):
+  """The value of --NAME=VALUE or --NAME VALUE in argv (the last one), or None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _config_file_error(spec: str) -> str:
+  """'' when --config=PATH[:ARG] loads, else a one-line reason naming the file or variant."""
+  path, _, arg = spec.partition(':')
+  if not path:
+    return f'--config={spec!r}: give a config file, e.g. --config=configs/market.py'
+  if not os.path.exists(path):
+    return f'--config={spec}: no such config file {path!r}'
+  if os.path.isdir(path):
+    return f'--config={spec}: {path!r} is a folder, not a config file (e.g. configs/market.py)'
+  try:
+    _load_config_file(spec)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).strip().splitlines() or [''])[0]
+    if isinstance(e, TypeError) and arg:
+      reason = f'its get_config() takes no variant (got {arg!r}): {reason}'
+    elif not isinstance(e, ValueError):
+      reason = f'{type(e).__name__}: {reason}'
+    return f'--config={spec}: {reason}'
+  return ''
+
+
+def log_error(workdir, message: str) -> None:
+  """Appends an error record to DIR/log.jsonl when the workdir exists (the record of
+  `fmn_jax.train.log_error`, written here without importing JAX)."""
+  if not workdir:
+    return
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if not os.path.isdir(workdir):
+    return
+  record = {'kind': 'error', 'stage': 'setup', 'step': 0, 'time': time.time(), 'message': message}
+  with open(os.path.join(workdir, 'log.jsonl'), 'a', encoding='utf-8') as f:
+    f.write(json.dumps(record, sort_keys=True) + '\n')
+
+
+def _stop(argv, message: str) -> None:
+  print(f'FATAL Flags parsing error: {message}', file=sys.stderr)
+  log_error(_flag_value(argv, 'workdir'), message)
+  sys.exit(EXIT_STOPPED)
+
+
 def parse_flags(argv):
-  """absl flag parsing; an unknown --config.KEY ends with a one-line error naming KEY."""
+  """absl flag parsing; a bad --config file or variant, or an unknown --config.KEY, ends with a
+  one-line error naming it (exit status EXIT_STOPPED)."""
+  spec = _flag_value(argv, 'config')
+  if spec is not None:
+    problem = _config_file_error(spec)
+    if problem:
+      _stop(argv, problem)
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
-    sys.exit(EXIT_STOPPED)
+    _stop(argv, '; '.join(line.strip() for line in str(e).splitlines() if line.strip()))
   except (AttributeError, KeyError) as e:
-    message = _unknown_override(argv) or f'bad --config override: {e}'
-    print(f'FATAL Flags parsing error: {message}', file=sys.stderr)
-    sys.exit(EXIT_STOPPED)
+    _stop(argv, _unknown_override(argv) or f'bad --config override: {e}')
 
 
 def main(argv):
@@ -96,20 +155,24 @@ def main(argv):
     parallel.initialize_distributed()
   logging.set_verbosity(logging.INFO)
   reporting.quiet_library_logs()
+  from fmn_jax import evaluate
   try:
-    train.validate_config(config)
+    # Checks the config first; a stop is also recorded in DIR/log.jsonl when DIR exists.
     results = train.train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
+  except train.STOP_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_STOPPED)
   if not parallel.is_main_process():
     return
   workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
-  seconds = ', '.join(f'{k} {v:.1f} s' for k, v in results.get('stage_seconds', {}).items())
+  stage_seconds = results.get('stage_seconds', {})
+  order = [s for s in train.STAGES if s in stage_seconds]
+  order += sorted(s for s in stage_seconds if s not in order)
+  seconds = ', '.join(f'{k} {stage_seconds[k]:.1f} s' for k in order)
   print(f'\n{results.get("num_train_ids")} training identities; {results["num_query"]} query, '
         f'{results["num_gallery"]} gallery images; stages: {seconds}')
   if any(m in results for m in reporting.METHODS):
-    print(reporting.format_results_table(results))
+    print(evaluate.format_rows(results))
   print(f'results: {os.path.join(workdir, "results.json")}')
 
 

@@ -92,9 +92,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the key and value of the first bad setting."""
   parse_stages(config.stages)
   _check_choice('dataset.name', config.dataset.name, DATASETS)
-  if config.dataset.name not in ('synthetic',) and not config.dataset.root:
+  # With a built TFDS dataset (dataset.tfds_dir) the root is not used.
+  if (config.dataset.name not in ('synthetic',) and not config.dataset.root
+      and not config.dataset.get('tfds_dir')):
     raise ValueError(f'config.dataset.root is empty: give the {config.dataset.name} folder with '
-                     '--config.dataset.root=PATH')
+                     '--config.dataset.root=PATH (or a built TFDS dataset with '
+                     '--config.dataset.tfds_dir=PATH)')
   _check_pair('dataset.cache_size', tuple(config.dataset.cache_size))
   _check_pair('input.image_size', tuple(config.input.image_size))
   _check_positive('input.pad', config.input.pad, allow_zero=True)
@@ -483,7 +486,10 @@ def load_reid_dataset(config: ml_collections.ConfigDict, workdir: str) -> data.R
   TFDS dataset (fmn_jax.data.tfds_builders; read without TensorFlow) and dataset.root is unused.
   """
   if config.dataset.tfds_dir:
-    return _tfds_decoded(*_tfds_config(config))[0]
+    try:
+      return _tfds_decoded(*_tfds_config(config))[0]
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f'config.dataset.tfds_dir={config.dataset.tfds_dir!r}: {e}') from None
   root = dataset_root(config, workdir)
   name = config.dataset.name
   if name == 'synthetic':
@@ -545,25 +551,45 @@ def _jitted_init(model: models.FMN, image_size: tuple) -> Callable:
   return jax.jit(lambda rng: model.init(rng, jnp.zeros((1, h, w, 3), jnp.float32), train=False))
 
 
+def read_pretrained(config: ml_collections.ConfigDict) -> Optional[tuple]:
+  """(path, variables) of the ImageNet weights config.model.pretrained names, read and checked
+  against the config's stride layout and input normalization; None for random initialisation.
+
+  Raises FileNotFoundError / ValueError naming the file (missing, truncated, not weights, made
+  for another layout or normalization).
+  """
+  path = pretrained_path(config)
+  if path is None:
+    return None
+  # pylint: disable=g-import-not-at-top
+  from fmn_jax import pretrained
+  try:
+    imagenet, info = pretrained.load_resnet50_with_info(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'config.model.pretrained={config.model.pretrained!r}: {e}') from None
+  pretrained.check_matches_model(info, config.model.stride_layout, config.input.normalization,
+                                 f'config.model.pretrained={config.model.pretrained!r} ({path})')
+  return path, imagenet
+
+
 def init_variables(model: models.FMN, config: ml_collections.ConfigDict,
-                   load_pretrained: bool = True) -> dict:
+                   load_pretrained: bool = True, weights: Optional[tuple] = None) -> dict:
   """Fresh FMN variables (random MN and classifiers), GRN and LAN from ImageNet if configured.
 
-  The random initialisation draws from an 'unsafe_rbg' key made from config.seed: XLA compiles
-  its generator several times faster than threefry for the hundreds of initialisers of a ResNet
-  (the result is deterministic for a given seed and backend).
+  `weights`: `read_pretrained(config)` when already read (otherwise read here, unless not
+  `load_pretrained`). The random initialisation draws from an 'unsafe_rbg' key made from
+  config.seed: XLA compiles its generator several times faster than threefry for the hundreds of
+  initialisers of a ResNet (the result is deterministic for a given seed and backend).
   """
-  path = pretrained_path(config) if load_pretrained else None
-  if path is not None:
-    # pylint: disable=g-import-not-at-top
-    from fmn_jax import pretrained
-    imagenet, info = pretrained.load_resnet50_with_info(path)
-    pretrained.check_matches_model(info, config.model.stride_layout, config.input.normalization,
-                                   f'config.model.pretrained={config.model.pretrained!r} ({path})')
+  if weights is None and load_pretrained:
+    weights = read_pretrained(config)
   init = _jitted_init(model, tuple(config.input.image_size))
   variables = jax.device_get(init(jax.random.key(config.seed, impl='unsafe_rbg')))
   variables = flax.core.unfreeze(variables)
-  if path is not None:
+  if weights is not None:
+    # pylint: disable=g-import-not-at-top
+    from fmn_jax import pretrained
+    path, imagenet = weights
     logging.info('ImageNet initialisation from %s', path)
     variables = pretrained.init_fmn_from_imagenet(variables, imagenet)
   return variables
@@ -856,8 +882,179 @@ def trained_grn(workdir: str, model, config, mesh, total_steps: int) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
+def _flatten_dict(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten_dict(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _get_key(config: ml_collections.ConfigDict, key: str) -> Any:
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def _set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  *sections, name = key.split('.')
+  node = config
+  for section in sections:
+    node = node[section]
+  node[name] = value
+
+
+def _stage_signature(stage: str, config: ml_collections.ConfigDict, num_classes: int) -> dict:
+  """The arrays (names, shapes, dtypes) a checkpoint of `stage` holds under `config`."""
+  model = create_model(config, num_classes)
+  abstract = (abstract_grn_state if stage == 'grn' else abstract_fmn_state)(model, config, 1)
+  return checkpoints.tree_signature(abstract)
+
+
+def _keys_that_change(stage: str, saved: dict, saved_config: dict, saved_classes: Optional[int],
+                      config: ml_collections.ConfigDict, num_classes: int) -> Optional[list]:
+  """What makes `config` give `stage` other arrays than the run described by `saved_config`.
+
+  Each differing model.* / <stage>.* key (and the number of classes) is set alone to this
+  config's value in the saved config; those that change the stage's arrays are returned as
+  "KEY (OLD there, NEW here)". None when the saved config does not itself give the saved arrays
+  (it does not describe them, so it cannot tell).
+  """
+  try:
+    old = config_from_dict(saved_config)
+    old_classes = saved_classes if saved_classes is not None else num_classes
+    base = _stage_signature(stage, old, old_classes)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if base != saved:
+    return None
+  flat_old, flat_new = _flatten_dict(saved_config), _flatten_dict(config_to_dict(config))
+  missing = object()
+  changes = []
+  for key in sorted(set(flat_old) | set(flat_new)):
+    if key.split('.')[0] not in ('model', stage):
+      continue
+    before, after = flat_old.get(key, missing), flat_new.get(key, missing)
+    if before == after or after is missing:
+      continue
+    trial = config_from_dict(saved_config)
+    try:
+      _set_key(trial, key, _get_key(config, key))
+      changed = _stage_signature(stage, trial, old_classes) != base
+    except Exception:  # pylint: disable=broad-except
+      continue
+    if changed:
+      there = 'unset' if before is missing else repr(before)
+      changes.append(f'config.{key} ({there} there, {after!r} here)')
+  if old_classes != num_classes and _stage_signature(stage, old, num_classes) != base:
+    changes.append(f'the number of training identities ({old_classes} there, {num_classes} '
+                   'here)')
+  return changes
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str, model: models.FMN,
+                  dataset: data.ReidDataset, stages: tuple) -> dict:
+  """Refuses a run whose config does not fit the checkpoints already in `workdir`.
+
+  Before anything is written, so a refused run leaves the workdir as it was: every stage's
+  latest checkpoint must hold the arrays (names, shapes, dtypes) of this config's model and
+  optimizer (other keys, e.g. eval.*, stages, checkpoint.every_steps, may change), a stage to
+  train may not be past this config's last step, and stage 2 without its own checkpoint needs
+  stage 1 finished.
+
+  Returns:
+    {stage: latest checkpoint step or None}.
+  Raises:
+    ValueError (FileNotFoundError for a missing stage 1) naming the workdir, the checkpoint
+    folder and the config keys that differ from the run that wrote it (DIR/config.json).
+  """
+  saved_config, saved_run = {}, {}
+  for name, target in (('config.json', saved_config), ('run.json', saved_run)):
+    try:
+      target.update(_read_json(os.path.join(workdir, name)))
+    except (OSError, ValueError):
+      pass
+  latest = {}
+  for stage in TRAIN_STAGES:
+    directory = checkpoints.stage_dir(workdir, stage)
+    latest[stage], saved = None, None
+    if os.path.isdir(directory):
+      ckpt = checkpoints.StageCheckpoints(directory, read_only=True)
+      try:
+        latest[stage] = ckpt.latest_step()
+        if latest[stage] is not None:
+          saved = ckpt.signature(latest[stage])
+      finally:
+        ckpt.close()
+    if latest[stage] is None:
+      continue
+    if saved is not None:
+      difference = checkpoints.signature_difference(
+          saved, _stage_signature(stage, config, dataset.num_classes))
+      if difference:
+        saved_classes = saved_run.get('num_classes')
+        changes = (_keys_that_change(stage, saved, saved_config, saved_classes, config,
+                                     dataset.num_classes) if saved_config else None)
+        if changes:
+          what = 'the run that wrote them differs in ' + ', '.join(changes)
+        elif changes is not None:
+          what = difference
+        elif saved_config:
+          what = (f'{os.path.join(workdir, "config.json")} does not describe them either: '
+                  + difference)
+        else:
+          what = f'no config.json of the run that wrote them: {difference}'
+        raise ValueError(
+            f'--workdir={workdir} holds checkpoints of another config in {directory} (step '
+            f'{latest[stage]}): {what}. Use a fresh --workdir, or the config of that run')
+    if stage in stages:
+      total = config[stage].epochs * make_sampler(stage, config, dataset.train).steps_per_epoch
+      if latest[stage] > total:
+        raise ValueError(f'{directory} holds step {latest[stage]} but config.{stage}.epochs='
+                         f'{config[stage].epochs} gives only {total} steps; use a fresh '
+                         '--workdir, or the config of the run that wrote it')
+  if 'fmn' in stages and latest['fmn'] is None and 'grn' not in stages:
+    directory = checkpoints.stage_dir(workdir, 'grn')
+    total = config.grn.epochs * make_sampler('grn', config, dataset.train).steps_per_epoch
+    if latest['grn'] is None:
+      raise FileNotFoundError(f'stage 2 starts from stage 1, but there is no stage-1 (grn) '
+                              f'checkpoint in {directory}: run --config.stages=grn first')
+    if latest['grn'] != total:
+      raise ValueError(f'the stage-1 checkpoint in {directory} is at step {latest["grn"]}, but '
+                       f'config.grn (epochs={config.grn.epochs}) gives {total} steps: '
+                       'finish stage 1 (--config.stages=grn) or match config.grn.epochs')
+  return latest
+
+
+def log_error(workdir: str, message: str, stage: str = 'setup', step: int = 0) -> None:
+  """Appends {'kind': 'error', 'stage', 'step', 'time', 'message'} to DIR/log.jsonl when the
+  workdir exists (a run refused before it created its workdir leaves nothing behind)."""
+  if not os.path.isdir(workdir) or not parallel.is_main_process():
+    return
+  writer = reporting.JsonlWriter(os.path.join(workdir, 'log.jsonl'))
+  try:
+    writer.write({'kind': 'error', 'stage': stage, 'step': int(step), 'time': time.time(),
+                  'message': message})
+  finally:
+    writer.close()
+
+
+# The errors of a run that stopped by itself (a bad config value, input file or checkpoint, a
+# non-finite loss): the same command would stop the same way.
+STOP_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the configured stages in `workdir` and returns the results (also DIR/results.json).
+
+  Everything that can refuse the run is checked before anything is written: the config, the
+  dataset's file lists, the checkpoints already in the workdir (`check_workdir`) and the ImageNet
+  weights; only then are DIR/config.json and DIR/run.json written. The images are decoded next,
+  the query and gallery too when 'eval' will run, so a bad image stops the run before training.
+  A `STOP_ERRORS` error is also appended to DIR/log.jsonl when DIR exists.
 
   Args:
     config: the run's config (see configs/default.py).
@@ -866,25 +1063,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results.json content: {'GRN','LAN','FMN','FMN+rerank'} -> ranking summary (percent) when
     'eval' ran, plus 'config', 'stage_seconds', 'num_train_ids', 'jax_version', 'devices'.
   """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  where = {'stage': 'setup'}
+  try:
+    return _train_and_evaluate(config, workdir, where)
+  except STOP_ERRORS as e:
+    if not isinstance(e, NonFiniteLossError):   # run_stage logged it with its step
+      log_error(workdir, str(e), stage=where['stage'])
+    raise
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: dict) -> dict:
   # pylint: disable=g-import-not-at-top
   from fmn_jax import evaluate as evaluate_lib
   validate_config(config)
   stages = parse_stages(config.stages)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = parallel.create_mesh()
   for stage in TRAIN_STAGES:
     if stage in stages:
       parallel.check_batch_size(config[stage].batch_size, f'config.{stage}.batch_size', mesh)
   main = parallel.is_main_process()
-  if main:
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, 'config.json'), config_to_dict(config))
 
+  def has_checkpoint(stage):
+    directory = checkpoints.stage_dir(workdir, stage)
+    if not os.path.isdir(directory):
+      return False
+    ckpt = checkpoints.StageCheckpoints(directory, read_only=True)
+    try:
+      return ckpt.latest_step() is not None
+    finally:
+      ckpt.close()
+
+  # A stage that starts from scratch needs fresh variables: the ImageNet weights are read and
+  # checked now, before any image is decoded.
+  weights = None
+  if any(s in stages and not has_checkpoint(s) for s in TRAIN_STAGES):
+    weights = read_pretrained(config)
   dataset = load_reid_dataset(config, workdir)
   for note in dataset.notes:
     logging.warning('%s: %s', dataset.name, note)
   model = create_model(config, dataset.num_classes)
+  latest = check_workdir(config, workdir, model, dataset, stages)
+  variables_cache, pending = {}, {'weights': weights}
+  del weights
+
+  def fresh_variables():
+    if 'v' not in variables_cache:
+      variables_cache['v'] = init_variables(model, config, weights=pending.pop('weights', None))
+    return variables_cache['v']
+
+  if any(s in stages and latest[s] is None for s in TRAIN_STAGES):
+    fresh_variables()   # the ImageNet weights must also fit the model (depth, width)
+
+  # The run is accepted: from here on the workdir describes it.
   if main:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, 'config.json'), config_to_dict(config))
     _write_json(os.path.join(workdir, 'run.json'), {
         'num_classes': dataset.num_classes, 'dataset': dataset.name, 'root': dataset.root,
         'num_train_images': len(dataset.train), 'notes': list(dataset.notes)})
@@ -893,18 +1127,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stage_seconds = dict(previous.get('stage_seconds', {}))
   log = reporting.RunLog(workdir, tensorboard=config.tensorboard, enabled=main)
   try:
+    where['stage'] = 'data'
     train_images = None
     if any(s in stages for s in TRAIN_STAGES):
       train_images = load_train_images(config, dataset.train, mesh)
-    variables_cache = {}
-
-    def fresh_variables():
-      if 'v' not in variables_cache:
-        variables_cache['v'] = init_variables(model, config)
-      return variables_cache['v']
+      if 'eval' in stages:
+        # Decoded into the cache now (memory-mapped, nothing kept in memory) and read back by
+        # the evaluation, so a bad query or gallery image stops the run before training.
+        for split in (dataset.query, dataset.gallery):
+          decode(config, split)
 
     grn_steps = make_sampler('grn', config, dataset.train).steps_per_epoch * config.grn.epochs
     if 'grn' in stages:
+      where['stage'] = 'grn'
       spe = make_sampler('grn', config, dataset.train).steps_per_epoch
       tx = make_optimizer(config.grn, spe)
       _, seconds = run_stage(
@@ -915,6 +1150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         stage_seconds['grn'] = seconds
     final_state = None
     if 'fmn' in stages:
+      where['stage'] = 'fmn'
       spe = make_sampler('fmn', config, dataset.train).steps_per_epoch
       tx = make_optimizer(config.fmn, spe)
 
@@ -934,22 +1170,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if seconds:
         stage_seconds['fmn'] = seconds
     del train_images
+    variables_cache.clear()
 
     results = {k: v for k, v in previous.items() if k in reporting.METHODS}
     if 'eval' in stages:
+      where['stage'] = 'eval'
       t0 = time.time()
       variables = (fmn_variables(final_state) if final_state is not None
                    else final_variables(workdir, model, config, mesh))
-      results = evaluate_lib.evaluate_model(model, variables, config, dataset, mesh=mesh)
+      evaluated = evaluate_lib.evaluate_model(model, variables, config, dataset, mesh=mesh)
       stage_seconds['eval'] = time.time() - t0
       log.write('eval', 'eval', 0, seconds=stage_seconds['eval'],
-                **{f'{m}/{k}': v for m in reporting.METHODS if m in results
-                   for k, v in results[m].items()})
+                **{f'{m}/{k}': v for m in reporting.METHODS if m in evaluated
+                   for k, v in evaluated[m].items()})
+      results = evaluate_lib.merge_rows(results, evaluated)
   finally:
     log.close()
   results.update({
       'config': config_to_dict(config),
-      'stage_seconds': stage_seconds,
+      # In stage order (a resumed run starts from results.json, whose keys are sorted).
+      'stage_seconds': {k: stage_seconds[k] for k in sorted(
+          stage_seconds, key=lambda k: (STAGES.index(k) if k in STAGES else len(STAGES), k))},
       'num_train_ids': dataset.num_classes,
       'num_query': len(dataset.query),
       'num_gallery': len(dataset.gallery),
@@ -976,6 +1217,13 @@ def restore_model(workdir: str, allow_unfinished: bool = False) -> tuple:
   config = config_from_dict(_read_json(config_path))
   num_classes = int(_read_json(run_path)['num_classes'])
   model = create_model(config, num_classes)
-  variables = jax.device_get(final_variables(workdir, model, config,
-                                             allow_unfinished=allow_unfinished))
+  try:
+    variables = jax.device_get(final_variables(workdir, model, config,
+                                               allow_unfinished=allow_unfinished))
+  except checkpoints.CheckpointMismatchError as e:
+    raise checkpoints.CheckpointMismatchError(
+        f'{config_path} does not describe the stage-2 checkpoint (step {e.step} in '
+        f'{e.directory}): {e.detail}. A run with another config overwrote it; running '
+        'fmn_jax.main on this workdir with the config of its checkpoints writes it again',
+        e.directory, e.step, e.detail) from None
   return model, variables, config

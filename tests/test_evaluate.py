@@ -95,3 +95,25 @@ def test_results_table():
   assert 'mAP(trap)' not in reporting.format_results_table({'FMN': row}, ap='standard')
   with pytest.raises(ValueError, match="'median'"):
     reporting.format_results_table({'FMN': row}, ap='median')
+
+
+def test_rows_not_recomputed_are_kept_with_a_note():
+  row = {'rank1': 50.0, 'rank5': 60.0, 'rank10': 70.0, 'rank20': 80.0, 'mAP': 40.0,
+         'mAP_trapezoid': 39.0, 'mINP': 20.0}
+  previous = {'GRN': row, 'FMN': row, 'FMN+rerank': dict(row, mAP=45.0),
+              'fmn_step': {'step': 90, 'total_steps': 90}, 'config': {}}
+  fresh = dict(row, rank1=55.0)
+  rows = evaluate.merge_rows(previous, {'GRN': fresh, 'LAN': fresh, 'FMN': fresh})
+  assert list(rows) == ['GRN', 'LAN', 'FMN', 'FMN+rerank']
+  assert rows['FMN'] == fresh
+  kept = dict(rows['FMN+rerank'])
+  note = kept.pop('note')
+  assert kept == dict(row, mAP=45.0)
+  assert note == ('not recomputed: the last evaluation ran without re-ranking; the values of an '
+                  'earlier evaluation (stage-2 checkpoint at step 90)')
+  # Kept again by a later evaluation without re-ranking: the first note stays; recomputed: none.
+  assert evaluate.merge_rows(dict(previous, **rows), {'FMN': fresh})['FMN+rerank']['note'] == note
+  assert 'note' not in evaluate.merge_rows(rows, {'FMN+rerank': fresh})['FMN+rerank']
+  text = evaluate.format_rows(rows).splitlines()
+  assert [l.split()[0] for l in text[2:5]] == ['GRN', 'LAN', 'FMN']
+  assert text[5] == f'FMN+rerank: {note} (see results.json)'

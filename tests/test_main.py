@@ -58,6 +58,44 @@ def test_bad_config_value_is_an_error_naming_key_and_value(tmp_path, override, k
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.parametrize('spec,names,existing', [
+    ('configs/demoo.py', ["no such config file 'configs/demoo.py'"], False),
+    ('configs', ["'configs' is a folder, not a config file"], False),
+    ('configs/demo.py:cii', ['--config=configs/demo.py:cii', "unknown variant 'cii'"], True),
+])
+def test_bad_config_file_or_variant_is_a_one_line_error(tmp_path, spec, names, existing):
+  workdir = tmp_path / 'w'
+  if existing:
+    workdir.mkdir()
+  result = _run(['-m', 'fmn_jax.main', f'--config={spec}', f'--workdir={workdir}'], tmp_path,
+                timeout=120)
+  assert result.returncode == main.EXIT_STOPPED
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr[-2000:]
+  for name in names:
+    assert name in lines[0], lines[0]
+  if existing:   # the error is also recorded in the workdir's log; nothing else is written
+    assert os.listdir(workdir) == ['log.jsonl']
+    record = json.loads(open(workdir / 'log.jsonl').read())
+    assert record['kind'] == 'error' and record['message'] in lines[0]
+  else:
+    assert not workdir.exists()
+
+
+def test_run_of_another_config_is_refused_in_one_line(tiny_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_run['workdir'], workdir)
+  config_json = (workdir / 'config.json').read_bytes()
+  result = _run(['-m', 'fmn_jax.main', f'--config={DEMO}:ci', f'--workdir={workdir}',
+                 '--config.model.mask_layer=res4'], tmp_path, timeout=300)
+  assert result.returncode == main.EXIT_STOPPED
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'Source:' not in result.stderr, result.stderr[-3000:]
+  assert f'--workdir={workdir}' in errors[0] and f'{workdir}/checkpoints/fmn' in errors[0]
+  assert "config.model.mask_layer ('pool1' there, 'res4' here)" in errors[0], errors[0]
+  assert (workdir / 'config.json').read_bytes() == config_json
+
+
 @pytest.fixture(scope='module')
 def demo_run(tiny_run, tmp_path_factory):
   """The suite's end-to-end run of the demo's CI variant (conftest `tiny_run`: synthetic data,
@@ -91,12 +129,17 @@ def test_demo_end_to_end(demo_run):
 def test_evaluate_rewrites_results_and_rerun_only_evaluates(demo_run):
   _, workdir, tmp = demo_run
   before = json.load(open(workdir / 'results.json'))
-  # Re-evaluation from the checkpoint, without re-ranking: FMN+rerank disappears, the rest stays.
+  # Re-evaluation from the checkpoint, without re-ranking: FMN+rerank is kept from the earlier
+  # evaluation, marked as not recomputed, and left out of the printed table.
   result = _run(['-m', 'fmn_jax.evaluate', f'--workdir={workdir}', '--norerank',
                  '--ap=trapezoid'], tmp)
   assert result.returncode == 0, result.stderr[-4000:]
   after = json.load(open(workdir / 'results.json'))
-  assert 'FMN+rerank' not in after
+  kept = dict(after['FMN+rerank'])
+  assert kept.pop('note').startswith('not recomputed: the last evaluation ran without re-ranking')
+  assert kept == before['FMN+rerank']
+  assert not any(l.startswith('FMN+rerank ') for l in result.stdout.splitlines())
+  assert 'FMN+rerank: not recomputed' in result.stdout
   for method in ('GRN', 'LAN', 'FMN'):
     for key in SUMMARY_KEYS:
       assert after[method][key] == pytest.approx(before[method][key], abs=1e-6), (method, key)
@@ -117,6 +160,11 @@ def test_evaluate_rewrites_results_and_rerun_only_evaluates(demo_run):
   assert again['FMN+rerank'] == pytest.approx(before['FMN+rerank'])
   assert again['stage_seconds']['fmn'] == before['stage_seconds']['fmn']
   assert 'FMN+rerank' in result.stdout and 'mAP(trap)' in result.stdout
+  assert 'note' not in again['FMN+rerank']   # recomputed
+  # Stage times in stage order (results.json, read back by the rerun, has its keys sorted).
+  stages_line = next(l for l in result.stdout.splitlines() if 'stages:' in l)
+  assert [p.split()[0] for p in stages_line.split('stages: ')[1].split(', ')] == [
+      'grn', 'fmn', 'eval']
   fmn_row = next(l for l in result.stdout.splitlines() if l.startswith('FMN '))
   assert f'{again["FMN"]["rank1"]:.2f}' in fmn_row
 

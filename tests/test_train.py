@@ -5,6 +5,7 @@ Every model here is a tiny ResNet (width 8, one block per stage) on 64x32 images
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,147 @@ def test_parse_stages():
   assert train.parse_stages('eval, grn') == ('grn', 'eval')
   with pytest.raises(ValueError, match="'grn,fnm'"):
     train.parse_stages('grn,fnm')
+
+
+def test_tfds_dir_needs_no_dataset_root(config):
+  config.dataset.root = ''
+  with pytest.raises(ValueError, match='config.dataset.root is empty.*config.dataset.tfds_dir'):
+    train.validate_config(config)
+  config.dataset.tfds_dir = '/data/tfds'
+  train.validate_config(config)
+
+
+# ------------------------------------------------------------------------------------------------
+# The workdir: a run is checked against the checkpoints already there before it writes anything.
+
+
+def _copy_run(tiny_run, dest, only_grn=False):
+  """A copy of the finished tiny run (or a fresh workdir holding only its stage-1 checkpoints)
+  and the run's config, reading the data of the copy."""
+  src = tiny_run['workdir']
+  if only_grn:
+    shutil.copytree(os.path.join(src, 'checkpoints', 'grn'), os.path.join(dest, 'checkpoints',
+                                                                          'grn'))
+  else:
+    shutil.copytree(src, dest)
+  c = _load_demo_config('ci')
+  c.dataset.root = os.path.join(src if only_grn else dest, 'data')
+  c.progress = False
+  c.tensorboard = False
+  return str(dest), c
+
+
+def _snapshot(workdir):
+  out = {}
+  for folder, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(folder, name)
+      if name != 'log.jsonl' and '.fmn_jax_cache' not in path:
+        with open(path, 'rb') as f:
+          out[os.path.relpath(path, workdir)] = f.read()
+  return out
+
+
+@pytest.mark.parametrize('key,value,names', [
+    ('model.mask_layer', 'res4',
+     ['checkpoints/fmn (step 9)', "config.model.mask_layer ('pool1' there, 'res4' here)"]),
+    ('model.width', 16, ['checkpoints/grn (step 9)', 'config.model.width (8 there, 16 here)']),
+    ('grn.epochs', 1, ['checkpoints/grn holds step 9', 'config.grn.epochs=1 gives only 3']),
+])
+def test_run_of_another_config_is_refused_and_changes_nothing(tiny_run, tmp_path, monkeypatch,
+                                                             key, value, names):
+  workdir, c = _copy_run(tiny_run, tmp_path / 'run')
+  section, name = key.split('.')
+  c[section][name] = value
+  before = _snapshot(workdir)
+  monkeypatch.setattr(train, 'decode', lambda *a: pytest.fail('decoded images'))
+  with pytest.raises(ValueError) as e:
+    train.train_and_evaluate(c, workdir)
+  message = str(e.value)
+  assert '\n' not in message and 'fresh --workdir' in message, message
+  for name in names:
+    assert name in message, message
+  assert _snapshot(workdir) == before   # config.json, run.json, results.json, checkpoints
+  last = json.loads(open(os.path.join(workdir, 'log.jsonl')).read().splitlines()[-1])
+  assert (last['kind'], last['stage'], last['message']) == ('error', 'setup', message)
+
+
+def test_workdir_check_allows_what_keeps_the_checkpoints(tiny_run, tmp_path):
+  # Stage 1 copied into a fresh workdir, stage 2 with another mask layer
+  # (scripts/reproduce_market.sh): the GRN does not depend on the mask layer.
+  workdir, c = _copy_run(tiny_run, tmp_path / 'fresh', only_grn=True)
+  c.model.mask_layer, c.stages = 'res4', 'fmn,eval'
+  dataset = train.load_reid_dataset(c, workdir)
+  model = train.create_model(c, dataset.num_classes)
+  assert train.check_workdir(c, workdir, model, dataset, ('fmn', 'eval')) == {
+      'grn': 9, 'fmn': None}
+  # Keys outside the checkpoints' arrays may change on a finished run.
+  workdir, c = _copy_run(tiny_run, tmp_path / 'done')
+  c.eval.rerank, c.eval.k1, c.checkpoint.every_steps, c.log_every_steps = False, 5, 1, 1
+  c.grn.lr, c.model.dtype = 0.5, 'bfloat16'
+  assert train.check_workdir(c, workdir, model, dataset, ('eval',)) == {'grn': 9, 'fmn': 9}
+
+
+def test_restore_of_another_model_is_a_one_line_error(tiny_run, monkeypatch):
+  c = _load_demo_config('ci')
+  c.model.mask_layer = 'res4'
+  repl = parallel.replicated(parallel.create_mesh())
+  abstract = train._with_sharding(  # pylint: disable=protected-access
+      train.abstract_fmn_state(train.create_model(c, 10), c, 1), repl)
+  reader = checkpoints.StageCheckpoints(
+      checkpoints.stage_dir(tiny_run['workdir'], 'fmn'), read_only=True)
+  try:
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match=r'checkpoint step 9 in .*checkpoints/fmn was written with another '
+                       r'config: .*e\.g\. params\.lan\.res'):
+      reader.restore(abstract)
+    # Orbax's own tree check, when the saved metadata cannot be read first: one line too.
+    monkeypatch.setattr(reader, 'signature', lambda step: None)
+    with pytest.raises(checkpoints.CheckpointMismatchError) as e:
+      reader.restore(abstract)
+  finally:
+    reader.close()
+  assert 'cannot be restored into the model' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_bad_imagenet_weights_stop_before_any_image_is_decoded(config, tmp_path, monkeypatch):
+  bad = tmp_path / 'trunc.npz'
+  bad.write_bytes(b'PK\x03\x04' + b'\x00' * 64)
+  config.model.pretrained = str(bad)
+  monkeypatch.setattr(train, 'decode', lambda *a: pytest.fail('decoded images'))
+  with pytest.raises(ValueError, match=f"config.model.pretrained='{bad}': .*trunc.npz"):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()   # refused before it started: nothing created
+
+
+def test_stop_errors_go_to_the_log_of_an_existing_workdir(config, tmp_path):
+  config.dataset.root = str(tmp_path / 'missing')
+  with pytest.raises(FileNotFoundError):
+    train.train_and_evaluate(config, str(tmp_path / 'new'))
+  assert not (tmp_path / 'new').exists()
+  (tmp_path / 'old').mkdir()
+  with pytest.raises(FileNotFoundError) as e:
+    train.train_and_evaluate(config, str(tmp_path / 'old'))
+  assert os.listdir(tmp_path / 'old') == ['log.jsonl']   # no config.json for a refused run
+  records = [json.loads(l) for l in open(tmp_path / 'old' / 'log.jsonl')]
+  assert [(r['kind'], r['stage'], r['message']) for r in records] == [
+      ('error', 'setup', str(e.value))]
+
+
+def test_bad_gallery_image_stops_before_training(config, demo_market_root, tmp_path,
+                                                 monkeypatch):
+  root = tmp_path / 'data'
+  shutil.copytree(demo_market_root, root, ignore=shutil.ignore_patterns('.fmn_jax_cache'))
+  bad = sorted((root / 'bounding_box_test').glob('*.jpg'))[3]
+  bad.write_bytes(b'\xff\xd8\xff\xe0' + b'\x17' * 300 + b'\xff\xd9')  # complete, not decodable
+  config.dataset.root = str(root)
+  config.stages = 'grn,eval'
+  monkeypatch.setattr(train, 'run_stage', lambda *a, **k: pytest.fail('training started'))
+  workdir = tmp_path / 'w'
+  with pytest.raises(ValueError, match=f'cannot decode image {bad}'):
+    train.train_and_evaluate(config, str(workdir))
+  last = json.loads(open(workdir / 'log.jsonl').read().splitlines()[-1])
+  assert (last['kind'], last['stage']) == ('error', 'data') and bad.name in last['message']
 
 
 # ------------------------------------------------------------------------------------------------
