@@ -11,11 +11,13 @@ config is locked, so an unknown key is an error.
 
 Exit status 4 (`EXIT_STOPPED`): the run stopped by itself on a bad config file, key or value, a
 bad input file, checkpoints in --workdir written with another config, or a non-finite loss, and
-the same command would stop the same way. The error is one line on stderr and, when the workdir
-exists, an {"kind": "error", "message": ...} record in DIR/log.jsonl; a run refused before it
-starts does not create the workdir (DIR/config.json and DIR/run.json are written only once the
-run is accepted). Any other non-zero status (a crash, a lost device, a kill) is worth a retry: the
-same command resumes from the last checkpoint.
+the same command would stop the same way. The error is one line on stderr and, when DIR exists,
+a {"kind": "error", "message": ...} record in DIR/log.jsonl. DIR is created, and DIR/config.json
+and DIR/run.json written, only once the run is accepted (config, ImageNet weights, dataset file
+lists and the checkpoints already in DIR checked), so a run refused before it starts creates
+nothing (but DIR/data, where the synthetic dataset is generated first). Any other non-zero
+status (a crash, a lost device, a kill) is worth a retry: the same command resumes from the last
+checkpoint.
 """
 
 import importlib.util
