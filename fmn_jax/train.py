@@ -95,7 +95,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   # With a built TFDS dataset (dataset.tfds_dir) the root is not used.
   if (config.dataset.name not in ('synthetic',) and not config.dataset.root
       and not config.dataset.get('tfds_dir')):
-    raise ValueError(f'config.dataset.root is empty: give the {config.dataset.name} folder with '
+    what = ('your dataset' if config.dataset.name == 'folder'
+            else f'the {config.dataset.name}')
+    raise ValueError(f'config.dataset.root is empty: give {what} folder with '
                      '--config.dataset.root=PATH (or a built TFDS dataset with '
                      '--config.dataset.tfds_dir=PATH)')
   _check_pair('dataset.cache_size', tuple(config.dataset.cache_size))
@@ -495,11 +497,15 @@ def load_reid_dataset(config: ml_collections.ConfigDict, workdir: str) -> data.R
   if name == 'synthetic':
     # pylint: disable=g-import-not-at-top
     from fmn_jax.data import synthetic
-    if not os.path.isdir(os.path.join(root, 'query')):
+    # A folder with the generator's marker is handed to it as well: it reuses the same dataset
+    # and refuses another one (seed or sizes). Folders made before the marker existed are read.
+    missing = not os.path.isdir(os.path.join(root, 'query'))
+    if missing or os.path.exists(os.path.join(root, synthetic.MARKER)):
       if parallel.is_main_process():
         syn = config.dataset.get('synthetic') or {}
         kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in syn.items()}
-        logging.info('Generating the synthetic dataset into %s', root)
+        if missing:
+          logging.info('Generating the synthetic dataset into %s', root)
         synthetic.generate(root, seed=config.seed, **kwargs)
       if jax.process_count() > 1:
         # pylint: disable=g-import-not-at-top
@@ -831,7 +837,8 @@ def final_variables(workdir: str, model: models.FMN, config: ml_collections.Conf
                  f'{total}: stage 2 was stopped before it finished')
       if not allow_unfinished:
         raise ValueError(f'{message}. Run the training command again to resume and finish it, '
-                         'or allow the unfinished model (fmn_jax.evaluate --allow_unfinished)')
+                         'or allow the unfinished model (--allow_unfinished: fmn_jax.evaluate, '
+                         'extract, search, export and visualize take it)')
       logging.warning('%s; using it (allow_unfinished)', message)
     state = ckpt.restore(abstract, latest)
   finally:

@@ -102,6 +102,26 @@ def test_tfds_dir_needs_no_dataset_root(config):
   train.validate_config(config)
 
 
+def test_folder_dataset_without_root_names_no_doubled_word(config):
+  config.dataset.name, config.dataset.root = 'folder', ''
+  with pytest.raises(ValueError, match='give your dataset folder with'):
+    train.validate_config(config)
+
+
+def test_synthetic_root_of_another_synthetic_dataset_is_refused(tmp_path):
+  from fmn_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  c = _load_demo_config('ci')
+  sizes = dict(num_train_ids=2, num_test_ids=2, num_cameras=2, images_per_camera=1,
+               image_size=(16, 8))
+  c.dataset.synthetic.update(sizes)
+  root = str(tmp_path / 'data')
+  synthetic.generate(root, seed=c.seed, **sizes)
+  assert len(train.load_reid_dataset(c, str(tmp_path)).query) > 0   # the same one: read
+  c.seed += 1
+  with pytest.raises(ValueError, match=f'{root}.*seed'):
+    train.load_reid_dataset(c, str(tmp_path))
+
+
 # ------------------------------------------------------------------------------------------------
 # The workdir: a run is checked against the checkpoints already there before it writes anything.
 
