@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from fmn_jax import cli
 from fmn_jax import main
 from fmn_jax import reporting
 
@@ -196,7 +197,7 @@ def test_run_log_jsonl_and_tensorboard(tmp_path):
                                   'demo.py:ci'])
 def test_every_config_loads_and_validates(spec):
   from fmn_jax import train  # pylint: disable=g-import-not-at-top
-  config = main._load_config_file(os.path.join(REPO, 'configs', spec))  # pylint: disable=protected-access
+  config = cli.load_config_file(os.path.join(REPO, 'configs', spec))
   if spec == 'folder.py':
     with pytest.raises(ValueError, match='config.dataset.root'):
       train.validate_config(config)
