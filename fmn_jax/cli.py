@@ -86,10 +86,24 @@ def _config_file_error(spec: str) -> str:
   return ''
 
 
+# Process-rank variables of the usual multi-host launchers (SLURM, Open MPI, MPICH/PMI, torchrun
+# style). Flags are parsed before jax.distributed is initialised, so the rank comes from them.
+_RANK_VARIABLES = ('SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'RANK')
+
+
+def _rank() -> int:
+  for name in _RANK_VARIABLES:
+    value = os.environ.get(name, '')
+    if value.isdigit():
+      return int(value)
+  return 0
+
+
 def log_error(workdir, message: str) -> None:
   """Appends an error record to DIR/log.jsonl when the workdir exists (the record of
-  `fmn_jax.train.log_error`, written here without importing JAX)."""
-  if not workdir:
+  `fmn_jax.train.log_error`, written here without importing JAX); on process 0 only, as far as
+  the launcher's rank variable tells."""
+  if not workdir or _rank() != 0:
     return
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(workdir):

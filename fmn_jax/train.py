@@ -501,9 +501,12 @@ def load_reid_dataset(config: ml_collections.ConfigDict, workdir: str) -> data.R
     # and refuses another one (seed or sizes). Folders made before the marker existed are read.
     missing = not os.path.isdir(os.path.join(root, 'query'))
     if missing or os.path.exists(os.path.join(root, synthetic.MARKER)):
+      syn = config.dataset.get('synthetic') or {}
+      kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in syn.items()}
+      # Checked read-only on every process first, so that all of them refuse a folder alike
+      # (process 0 alone stopping would leave the others waiting at the barrier below).
+      synthetic.check_folder(root, seed=config.seed, **kwargs)
       if parallel.is_main_process():
-        syn = config.dataset.get('synthetic') or {}
-        kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in syn.items()}
         if missing:
           logging.info('Generating the synthetic dataset into %s', root)
         synthetic.generate(root, seed=config.seed, **kwargs)
@@ -1111,6 +1114,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
     logging.warning('%s: %s', dataset.name, note)
   model = create_model(config, dataset.num_classes)
   latest = check_workdir(config, workdir, model, dataset, stages)
+  if jax.process_count() > 1:
+    # Opening a checkpoint manager is a collective in orbax: no process may create a stage's
+    # checkpoint folder (run_stage) while another one is still checking the workdir.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('fmn_jax: workdir checked')
   variables_cache, pending = {}, {'weights': weights}
   del weights
 
@@ -1120,7 +1128,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
     return variables_cache['v']
 
   if any(s in stages and latest[s] is None for s in TRAIN_STAGES):
-    fresh_variables()   # the ImageNet weights must also fit the model (depth, width)
+    try:
+      fresh_variables()   # the ImageNet weights must also fit the model (depth, width)
+    except ValueError as e:
+      path = pretrained_path(config)
+      if path is None:
+        raise
+      raise ValueError(f'config.model.pretrained={config.model.pretrained!r} ({path}): {e}'
+                       ) from None
 
   # The run is accepted: from here on the workdir describes it.
   if main:
@@ -1190,7 +1205,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
       log.write('eval', 'eval', 0, seconds=stage_seconds['eval'],
                 **{f'{m}/{k}': v for m in reporting.METHODS if m in evaluated
                    for k, v in evaluated[m].items()})
-      results = evaluate_lib.merge_rows(results, evaluated)
+      # `previous` whole: its fmn_step dates a row kept unrecomputed.
+      results = evaluate_lib.merge_rows(previous, evaluated)
+      step, total = stage_progress(workdir, 'fmn')
+      results['fmn_step'] = {'step': step, 'total_steps': total}   # as fmn_jax.evaluate writes
   finally:
     log.close()
   results.update({

@@ -108,9 +108,14 @@ def test_existing_folder_same_dataset_reused_other_refused(tmp_path):
   assert synthetic.generate(root, seed=0, **TINY) == root
   assert _digest(root) == digest
   assert mtimes == {p: os.stat(os.path.join(root, 'query', p)).st_mtime_ns for p in mtimes}
-  # Other arguments: refused, naming the folder and what differs; nothing is written.
-  with pytest.raises(ValueError, match=f'{re.escape(root)} holds another synthetic dataset.*seed'):
-    synthetic.generate(root, seed=1, **TINY)
+  # Other arguments: refused, naming the folder and what differs; nothing is written. The
+  # read-only check (what every host of a multi-host run calls) decides the same.
+  assert synthetic.check_folder(root, seed=0, **TINY) is True
+  assert synthetic.check_folder(str(tmp_path / 'new'), seed=1, **TINY) is False
+  for refuse in (synthetic.generate, synthetic.check_folder):
+    with pytest.raises(ValueError,
+                       match=f'{re.escape(root)} holds another synthetic dataset.*seed'):
+      refuse(root, seed=1, **TINY)
   with pytest.raises(ValueError, match='num_train_ids=3 \\(asked 4\\)'):
     synthetic.generate(root, seed=0, **dict(TINY, num_train_ids=4))
   assert _digest(root) == digest

@@ -59,6 +59,18 @@ def test_bad_config_value_is_an_error_naming_key_and_value(tmp_path, override, k
   assert 'Traceback' not in result.stderr
 
 
+def test_error_record_is_written_by_process_zero_only(tmp_path, monkeypatch):
+  for name in cli._RANK_VARIABLES:  # pylint: disable=protected-access
+    monkeypatch.delenv(name, raising=False)
+  cli.log_error(str(tmp_path), 'first')
+  monkeypatch.setenv('SLURM_PROCID', '1')
+  cli.log_error(str(tmp_path), 'second')   # another host of a multi-host launch: not written
+  records = reporting.read_jsonl(str(tmp_path / 'log.jsonl'))
+  assert [(r['kind'], r['message']) for r in records] == [('error', 'first')]
+  cli.log_error(str(tmp_path / 'absent'), 'third')   # no workdir: nothing created
+  assert not (tmp_path / 'absent').exists()
+
+
 @pytest.mark.parametrize('spec,names,existing', [
     ('configs/demoo.py', ["no such config file 'configs/demoo.py'"], False),
     ('configs', ["'configs' is a folder, not a config file"], False),
@@ -162,6 +174,7 @@ def test_evaluate_rewrites_results_and_rerun_only_evaluates(demo_run):
   assert again['stage_seconds']['fmn'] == before['stage_seconds']['fmn']
   assert 'FMN+rerank' in result.stdout and 'mAP(trap)' in result.stdout
   assert 'note' not in again['FMN+rerank']   # recomputed
+  assert again['fmn_step'] == after['fmn_step']   # the evaluated checkpoint, as evaluate says
   # Stage times in stage order (results.json, read back by the rerun, has its keys sorted).
   stages_line = next(l for l in result.stdout.splitlines() if 'stages:' in l)
   assert [p.split()[0] for p in stages_line.split('stages: ')[1].split(', ')] == [

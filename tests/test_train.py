@@ -20,6 +20,7 @@ import pytest
 
 from fmn_jax import checkpoints
 from fmn_jax import parallel
+from fmn_jax import reporting
 from fmn_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,6 +224,25 @@ def test_bad_imagenet_weights_stop_before_any_image_is_decoded(config, tmp_path,
   with pytest.raises(ValueError, match=f"config.model.pretrained='{bad}': .*trunc.npz"):
     train.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()   # refused before it started: nothing created
+
+
+def test_weights_of_another_network_are_named_before_any_image_is_decoded(config, tmp_path,
+                                                                        monkeypatch):
+  from fmn_jax import pretrained  # pylint: disable=g-import-not-at-top
+  # A readable ResNet-50 of width 4: deeper than the config's (1, 1, 1, 1) network.
+  shapes = pretrained.expected_shapes(4, None)
+  arrays = {k: np.ones(shape, np.float32) for k, shape in shapes.items()}
+  arrays.update({'meta/family': np.array('keras'),
+                 'meta/stride_layout': np.array(config.model.stride_layout),
+                 'meta/normalization': np.array(config.input.normalization)})
+  weights = tmp_path / 'resnet50_w4.npz'
+  np.savez(weights, **arrays)
+  config.model.pretrained = str(weights)
+  monkeypatch.setattr(train, 'decode', lambda *a: pytest.fail('decoded images'))
+  with pytest.raises(ValueError, match=f"config.model.pretrained='{weights}' \\({weights}\\): "
+                     'cannot initialise the FMN'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
 
 
 def test_stop_errors_go_to_the_log_of_an_existing_workdir(config, tmp_path):
@@ -547,3 +567,45 @@ def test_one_vs_four_devices(demo_market_root, tmp_path):
     err = np.linalg.norm((value - four[path]).ravel())
     assert err <= 1e-3 * np.linalg.norm(value.ravel()) + 5e-5 * np.sqrt(value.size), (
         path, err, np.linalg.norm(value.ravel()))
+
+
+# ------------------------------------------------------------------------------------------------
+# Two processes (multi-host) on the CPU.
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, root, delay, seed=None):
+  """Runs tests/two_process_worker.py as processes 0 and 1; returns their last output lines."""
+  port = _free_port()
+  worker = os.path.join(REPO, 'tests', 'two_process_worker.py')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen(
+      [sys.executable, worker, str(pid), str(port), str(workdir), str(root), str(delay)]
+      + ([] if seed is None else [str(seed)]), env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return [out.strip().splitlines()[-1] for out in outs]
+
+
+def test_two_processes_train_one_run_and_refuse_alike(tmp_path):
+  """Both stages data-parallel over two processes; process 1 reaches the workdir checks 5 s
+  late (a checkpoint folder made meanwhile by process 0 must not desynchronise them). Then a
+  synthetic folder of another seed is refused by both processes, not by process 0 alone."""
+  workdir, root = tmp_path / 'w', tmp_path / 'data'
+  assert _two_processes(workdir, root, delay=5) == ['OK', 'OK']
+  records = reporting.read_jsonl(str(workdir / 'log.jsonl'))   # written by process 0 only
+  assert [r['stage'] for r in records if r['kind'] == 'stage_end'] == ['grn', 'fmn']
+  for stage in ('grn', 'fmn'):
+    latest, total = train.stage_progress(str(workdir), stage)
+    assert latest == total and total > 0, (stage, latest, total)
+  lines = _two_processes(tmp_path / 'w2', root, delay=0, seed=1)
+  assert all(l.startswith('STOPPED: ') and 'holds another synthetic dataset' in l
+             for l in lines), lines

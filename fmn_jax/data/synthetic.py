@@ -417,6 +417,31 @@ def _check_root(root: str, arguments: dict) -> bool:
   return bool(marker.get('complete'))
 
 
+def _arguments(seed, num_train_ids, num_test_ids, num_cameras, images_per_camera,
+               image_size) -> dict:
+  """The checked generation arguments, as root/MARKER records them."""
+  if not 2 <= num_cameras <= 9:
+    raise ValueError(f'num_cameras must be in 2..9 (Market names hold one digit), got '
+                     f'{num_cameras}')
+  if num_train_ids < 1 or num_test_ids < 1 or images_per_camera < 1:
+    raise ValueError('num_train_ids, num_test_ids and images_per_camera must be >= 1')
+  size = (int(image_size[0]), int(image_size[1]))
+  if size[0] < 16 or size[1] < 8:
+    raise ValueError(f'image_size too small: {image_size}')
+  return {'seed': int(seed), 'num_train_ids': int(num_train_ids),
+          'num_test_ids': int(num_test_ids), 'num_cameras': int(num_cameras),
+          'images_per_camera': int(images_per_camera), 'image_size': list(size)}
+
+
+def check_folder(root: str, *, seed: int = 0, num_train_ids: int = 100, num_test_ids: int = 100,
+                 num_cameras: int = 6, images_per_camera: int = 3, image_size=(128, 64)) -> bool:
+  """Read-only: True when `root` holds this complete dataset, False when `generate` may write
+  it; ValueError naming the folder when `generate` would refuse it. Every host of a multi-host
+  run can call it, so that all of them refuse a folder alike."""
+  return _check_root(root, _arguments(seed, num_train_ids, num_test_ids, num_cameras,
+                                      images_per_camera, image_size))
+
+
 def generate(root: str, *, seed: int = 0, num_train_ids: int = 100, num_test_ids: int = 100,
              num_cameras: int = 6, images_per_camera: int = 3, image_size=(128, 64)) -> str:
   """Writes a synthetic dataset in the Market-1501 layout; returns `root`.
@@ -434,17 +459,9 @@ def generate(root: str, *, seed: int = 0, num_train_ids: int = 100, num_test_ids
     images_per_camera: images of an identity per camera that sees it.
     image_size: (H, W) of the written JPEGs.
   """
-  if not 2 <= num_cameras <= 9:
-    raise ValueError(f'num_cameras must be in 2..9 (Market names hold one digit), got '
-                     f'{num_cameras}')
-  if num_train_ids < 1 or num_test_ids < 1 or images_per_camera < 1:
-    raise ValueError('num_train_ids, num_test_ids and images_per_camera must be >= 1')
-  size = (int(image_size[0]), int(image_size[1]))
-  if size[0] < 16 or size[1] < 8:
-    raise ValueError(f'image_size too small: {image_size}')
-  arguments = {'seed': int(seed), 'num_train_ids': int(num_train_ids),
-               'num_test_ids': int(num_test_ids), 'num_cameras': int(num_cameras),
-               'images_per_camera': int(images_per_camera), 'image_size': list(size)}
+  arguments = _arguments(seed, num_train_ids, num_test_ids, num_cameras, images_per_camera,
+                         image_size)
+  size = tuple(arguments['image_size'])
   if _check_root(root, arguments):
     return root
   dirs = {s: os.path.join(root, s) for s in SPLIT_FOLDERS}
