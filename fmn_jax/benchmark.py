@@ -325,7 +325,7 @@ def bench_training(config, steps: int, warmup: int, num_images: int, rounds: int
   net = models.ResNet(num_classes=num_classes, width=config.model.width,
                       stage_sizes=tuple(config.model.stage_sizes),
                       stride_layout=config.model.stride_layout,
-                      dtype=models._dtype_from_name(config.model.dtype))  # pylint: disable=protected-access
+                      dtype=model.dtype)
   tx = optax.sgd(0.01, momentum=0.9)
 
   def plain_step(s, x, y):
@@ -340,11 +340,11 @@ def bench_training(config, steps: int, warmup: int, num_images: int, rounds: int
 
   plain_jit = jax.jit(plain_step, in_shardings=(repl, shard, shard), out_shardings=repl,
                       donate_argnums=(0,))
+  init = jax.jit(lambda k: net.init(k, jnp.zeros((1, ih, iw, 3), jnp.float32), train=False))
   for bs in sorted({config.grn.batch_size, config.fmn.batch_size}):
     x = parallel.global_array(rng.standard_normal((bs, ih, iw, 3), np.float32), shard)
     y = parallel.global_array(labels[np.arange(bs) % num_images], shard)
-    v = jax.jit(lambda k, x=x: net.init(k, x[:1], train=False))(
-        jax.random.key(0, impl='unsafe_rbg'))
+    v = init(jax.random.key(0, impl='unsafe_rbg'))
     # Placed with the step's sharding, so the first call and the next compile the same program.
     plain = jax.device_put({'params': v['params'], 'batch_stats': v['batch_stats'],
                             'opt': tx.init(v['params'])}, repl)
@@ -393,11 +393,8 @@ def bench_training(config, steps: int, warmup: int, num_images: int, rounds: int
   n = min(num_images, max(8 * config.eval.batch_size, 256))
   features.compute_descriptors(model, variables, images[:config.eval.batch_size], config,
                                mesh=mesh, progress=False)   # compile
-  seconds = []
-  for _ in range(max(1, rounds)):
-    t0 = time.perf_counter()
-    features.compute_descriptors(model, variables, images[:n], config, mesh=mesh, progress=False)
-    seconds.append(time.perf_counter() - t0)
+  seconds = _timed(lambda: features.compute_descriptors(
+      model, variables, images[:n], config, mesh=mesh, progress=False), rounds)['seconds']
   out['features'] = dict(_rate(seconds, n), batch_size=config.eval.batch_size,
                          flip=bool(config.eval.flip), num_images=n)
   return out

@@ -99,18 +99,24 @@ def _rank() -> int:
   return 0
 
 
-def log_error(workdir, message: str) -> None:
-  """Appends an error record to DIR/log.jsonl when the workdir exists (the record of
-  `fmn_jax.train.log_error`, written here without importing JAX); on process 0 only, as far as
-  the launcher's rank variable tells."""
-  if not workdir or _rank() != 0:
-    return
+def append_error(workdir: str, message: str, stage: str = 'setup', step: int = 0) -> None:
+  """Appends {'kind': 'error', 'stage', 'step', 'time', 'message'} to DIR/log.jsonl when the
+  workdir exists (a run refused before it created its workdir leaves nothing behind). Imports no
+  JAX: the caller decides which process writes."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   if not os.path.isdir(workdir):
     return
-  record = {'kind': 'error', 'stage': 'setup', 'step': 0, 'time': time.time(), 'message': message}
+  record = {'kind': 'error', 'stage': stage, 'step': int(step), 'time': time.time(),
+            'message': message}
   with open(os.path.join(workdir, 'log.jsonl'), 'a', encoding='utf-8') as f:
     f.write(json.dumps(record, sort_keys=True) + '\n')
+
+
+def log_error(workdir, message: str) -> None:
+  """`append_error` for a flag error, on process 0 only (as far as the launcher's rank variable
+  tells: flags are parsed before jax.distributed is initialised)."""
+  if workdir and _rank() == 0:
+    append_error(workdir, message)
 
 
 def _stop(argv, message: str) -> None:

@@ -142,8 +142,7 @@ def reevaluate(workdir: str, rerank: Optional[bool] = None, dataset_root: Option
   merged = {k: v for k, v in previous.items() if k not in reporting.METHODS}
   merged.update(merge_rows(previous, results))
   merged.setdefault('stage_seconds', {})['eval'] = seconds
-  step, total = train.stage_progress(workdir, 'fmn')
-  merged['fmn_step'] = {'step': step, 'total_steps': total}
+  merged['fmn_step'] = train.fmn_step(workdir)
   merged.update({'num_train_ids': dataset.num_classes, 'num_query': len(dataset.query),
                  'num_gallery': len(dataset.gallery), 'jax_version': jax.__version__,
                  'devices': train.devices_summary()})

@@ -128,8 +128,8 @@ def model_fingerprint(variables: Dict[str, Any]) -> str:
   import jax  # pylint: disable=g-import-not-at-top
   h = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    a = np.asarray(leaf).reshape(-1)
-    picked = a[np.linspace(0, a.size - 1, min(64, a.size)).round().astype(np.int64)]
+    a = leaf.reshape(-1)   # a device array stays there: only the picked values are fetched
+    picked = np.asarray(a[np.linspace(0, a.size - 1, min(64, a.size)).round().astype(np.int64)])
     h.update(f'{jax.tree_util.keystr(path)}|{a.shape}|'.encode())
     h.update(np.ascontiguousarray(picked, np.float32).tobytes())
   return h.hexdigest()[:16]

@@ -64,10 +64,8 @@ def main(argv):
   if not parallel.is_main_process():
     return
   workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
-  stage_seconds = results.get('stage_seconds', {})
-  order = [s for s in train.STAGES if s in stage_seconds]
-  order += sorted(s for s in stage_seconds if s not in order)
-  seconds = ', '.join(f'{k} {stage_seconds[k]:.1f} s' for k in order)
+  # In stage order: train_and_evaluate returns them so.
+  seconds = ', '.join(f'{k} {v:.1f} s' for k, v in results.get('stage_seconds', {}).items())
   print(f'\n{results.get("num_train_ids")} training identities; {results["num_query"]} query, '
         f'{results["num_gallery"]} gallery images; stages: {seconds}')
   if any(m in results for m in reporting.METHODS):

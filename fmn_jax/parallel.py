@@ -66,3 +66,9 @@ def replicate_tree(tree: Any, mesh: Mesh) -> Any:
 def is_main_process() -> bool:
   return jax.process_index() == 0
 
+
+def sync(name: str) -> None:
+  """A barrier of all processes of a multi-host run (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from fmn_jax import checkpoints
+from fmn_jax import cli
 from fmn_jax import data
 from fmn_jax import losses
 from fmn_jax import models
@@ -510,10 +511,7 @@ def load_reid_dataset(config: ml_collections.ConfigDict, workdir: str) -> data.R
         if missing:
           logging.info('Generating the synthetic dataset into %s', root)
         synthetic.generate(root, seed=config.seed, **kwargs)
-      if jax.process_count() > 1:
-        # pylint: disable=g-import-not-at-top
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices('synthetic dataset')
+      parallel.sync('synthetic dataset')
     name = 'market1501'
   if not os.path.isdir(root):
     raise FileNotFoundError(f'config.dataset.root={config.dataset.root!r}: no folder {root}')
@@ -600,7 +598,11 @@ def init_variables(model: models.FMN, config: ml_collections.ConfigDict,
     from fmn_jax import pretrained
     path, imagenet = weights
     logging.info('ImageNet initialisation from %s', path)
-    variables = pretrained.init_fmn_from_imagenet(variables, imagenet)
+    try:
+      variables = pretrained.init_fmn_from_imagenet(variables, imagenet)
+    except ValueError as e:
+      raise ValueError(f'config.model.pretrained={config.model.pretrained!r} ({path}): {e}'
+                       ) from None
   return variables
 
 
@@ -863,6 +865,12 @@ def stage_progress(workdir: str, stage: str) -> tuple:
     ckpt.close()
 
 
+def fmn_step(workdir: str) -> dict:
+  """results.json's 'fmn_step': the latest stage-2 checkpoint's step and the stage's last step."""
+  step, total = stage_progress(workdir, 'fmn')
+  return {'step': step, 'total_steps': total}
+
+
 def abstract_fmn_state(model, config, steps_per_epoch: int) -> TrainState:
   tx = make_optimizer(config.fmn, steps_per_epoch)
   return jax.eval_shape(lambda v: fmn_state(v, tx), abstract_variables(model, config))
@@ -892,16 +900,6 @@ def trained_grn(workdir: str, model, config, mesh, total_steps: int) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def _flatten_dict(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten_dict(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def _get_key(config: ml_collections.ConfigDict, key: str) -> Any:
   node = config
   for part in key.split('.'):
@@ -917,9 +915,11 @@ def _set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   node[name] = value
 
 
-def _stage_signature(stage: str, config: ml_collections.ConfigDict, num_classes: int) -> dict:
-  """The arrays (names, shapes, dtypes) a checkpoint of `stage` holds under `config`."""
-  model = create_model(config, num_classes)
+def _stage_signature(stage: str, config: ml_collections.ConfigDict, num_classes: int,
+                     model: Optional[models.FMN] = None) -> dict:
+  """The arrays (names, shapes, dtypes) a checkpoint of `stage` holds under `config` (`model`:
+  that config's model, when already built)."""
+  model = model if model is not None else create_model(config, num_classes)
   abstract = (abstract_grn_state if stage == 'grn' else abstract_fmn_state)(model, config, 1)
   return checkpoints.tree_signature(abstract)
 
@@ -941,7 +941,8 @@ def _keys_that_change(stage: str, saved: dict, saved_config: dict, saved_classes
     return None
   if base != saved:
     return None
-  flat_old, flat_new = _flatten_dict(saved_config), _flatten_dict(config_to_dict(config))
+  flat_old, flat_new = (flax.traverse_util.flatten_dict(d, sep='.')
+                        for d in (saved_config, config_to_dict(config)))
   missing = object()
   changes = []
   for key in sorted(set(flat_old) | set(flat_new)):
@@ -963,6 +964,18 @@ def _keys_that_change(stage: str, saved: dict, saved_config: dict, saved_classes
     changes.append(f'the number of training identities ({old_classes} there, {num_classes} '
                    'here)')
   return changes
+
+
+def _latest_step(workdir: str, stage: str) -> Optional[int]:
+  """The stage's latest checkpoint step in `workdir` (None: no checkpoint), nothing created."""
+  directory = checkpoints.stage_dir(workdir, stage)
+  if not os.path.isdir(directory):
+    return None
+  ckpt = checkpoints.StageCheckpoints(directory, read_only=True)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str, model: models.FMN,
@@ -1003,7 +1016,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, model: models
       continue
     if saved is not None:
       difference = checkpoints.signature_difference(
-          saved, _stage_signature(stage, config, dataset.num_classes))
+          saved, _stage_signature(stage, config, dataset.num_classes, model))
       if difference:
         saved_classes = saved_run.get('num_classes')
         changes = (_keys_that_change(stage, saved, saved_config, saved_classes, config,
@@ -1042,14 +1055,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, model: models
 def log_error(workdir: str, message: str, stage: str = 'setup', step: int = 0) -> None:
   """Appends {'kind': 'error', 'stage', 'step', 'time', 'message'} to DIR/log.jsonl when the
   workdir exists (a run refused before it created its workdir leaves nothing behind)."""
-  if not os.path.isdir(workdir) or not parallel.is_main_process():
-    return
-  writer = reporting.JsonlWriter(os.path.join(workdir, 'log.jsonl'))
-  try:
-    writer.write({'kind': 'error', 'stage': stage, 'step': int(step), 'time': time.time(),
-                  'message': message})
-  finally:
-    writer.close()
+  if parallel.is_main_process():
+    cli.append_error(workdir, message, stage, step)
 
 
 # The errors of a run that stopped by itself (a bad config value, input file or checkpoint, a
@@ -1094,48 +1101,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
       parallel.check_batch_size(config[stage].batch_size, f'config.{stage}.batch_size', mesh)
   main = parallel.is_main_process()
 
-  def has_checkpoint(stage):
-    directory = checkpoints.stage_dir(workdir, stage)
-    if not os.path.isdir(directory):
-      return False
-    ckpt = checkpoints.StageCheckpoints(directory, read_only=True)
-    try:
-      return ckpt.latest_step() is not None
-    finally:
-      ckpt.close()
-
   # A stage that starts from scratch needs fresh variables: the ImageNet weights are read and
   # checked now, before any image is decoded.
   weights = None
-  if any(s in stages and not has_checkpoint(s) for s in TRAIN_STAGES):
+  if any(s in stages and _latest_step(workdir, s) is None for s in TRAIN_STAGES):
     weights = read_pretrained(config)
   dataset = load_reid_dataset(config, workdir)
   for note in dataset.notes:
     logging.warning('%s: %s', dataset.name, note)
   model = create_model(config, dataset.num_classes)
   latest = check_workdir(config, workdir, model, dataset, stages)
-  if jax.process_count() > 1:
-    # Opening a checkpoint manager is a collective in orbax: no process may create a stage's
-    # checkpoint folder (run_stage) while another one is still checking the workdir.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices('fmn_jax: workdir checked')
-  variables_cache, pending = {}, {'weights': weights}
+  # Opening a checkpoint manager is a collective in orbax: no process may create a stage's
+  # checkpoint folder (run_stage) while another one is still checking the workdir.
+  parallel.sync('fmn_jax: workdir checked')
+  # Built now, so that ImageNet weights that do not fit the model (depth, width) stop the run
+  # before it writes anything; run_stage uses them only for a stage without a checkpoint.
+  fresh = (init_variables(model, config, weights=weights)
+           if any(s in stages and latest[s] is None for s in TRAIN_STAGES) else None)
   del weights
-
-  def fresh_variables():
-    if 'v' not in variables_cache:
-      variables_cache['v'] = init_variables(model, config, weights=pending.pop('weights', None))
-    return variables_cache['v']
-
-  if any(s in stages and latest[s] is None for s in TRAIN_STAGES):
-    try:
-      fresh_variables()   # the ImageNet weights must also fit the model (depth, width)
-    except ValueError as e:
-      path = pretrained_path(config)
-      if path is None:
-        raise
-      raise ValueError(f'config.model.pretrained={config.model.pretrained!r} ({path}): {e}'
-                       ) from None
 
   # The run is accepted: from here on the workdir describes it.
   if main:
@@ -1166,7 +1149,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
       tx = make_optimizer(config.grn, spe)
       _, seconds = run_stage(
           'grn', config=config, workdir=workdir, mesh=mesh, model=model, train=dataset.train,
-          train_images=train_images, initial_state=lambda: grn_state(fresh_variables(), tx),
+          train_images=train_images, initial_state=lambda: grn_state(fresh, tx),
           abstract_state=abstract_grn_state(model, config, spe), tx=tx, log=log)
       if seconds:
         stage_seconds['grn'] = seconds
@@ -1177,10 +1160,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
       tx = make_optimizer(config.fmn, spe)
 
       def initial_fmn_state():
-        variables = fresh_variables()
         grn = jax.device_get(trained_grn(workdir, model, config, mesh, grn_steps))
-        variables = {'params': {**variables['params'], 'grn': grn['params']},
-                     'batch_stats': {**variables['batch_stats'], 'grn': grn['batch_stats']}}
+        variables = {'params': {**fresh['params'], 'grn': grn['params']},
+                     'batch_stats': {**fresh['batch_stats'], 'grn': grn['batch_stats']}}
         if config.fmn.lan_init == 'grn':
           variables = lan_from_grn(variables)
         return fmn_state(variables, tx)
@@ -1192,7 +1174,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
       if seconds:
         stage_seconds['fmn'] = seconds
     del train_images
-    variables_cache.clear()
+    fresh = None
 
     results = {k: v for k, v in previous.items() if k in reporting.METHODS}
     if 'eval' in stages:
@@ -1207,8 +1189,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
                    for k, v in evaluated[m].items()})
       # `previous` whole: its fmn_step dates a row kept unrecomputed.
       results = evaluate_lib.merge_rows(previous, evaluated)
-      step, total = stage_progress(workdir, 'fmn')
-      results['fmn_step'] = {'step': step, 'total_steps': total}   # as fmn_jax.evaluate writes
+      results['fmn_step'] = fmn_step(workdir)
   finally:
     log.close()
   results.update({

@@ -1,23 +1,20 @@
 """`python -m fmn_jax.benchmark`: the training part reports sane numbers, the evaluation pipeline
 part times what `fmn_jax.evaluate` runs."""
 
-import importlib.util
 import os
 import types
 
 import pytest
 
 from fmn_jax import benchmark
+from fmn_jax import cli
 from fmn_jax import evaluate
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 def _demo_ci_config():
-  spec = importlib.util.spec_from_file_location('demo_cfg', os.path.join(_CONFIGS, 'demo.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config('ci')
+  return cli.load_config_file(os.path.join(_CONFIGS, 'demo.py') + ':ci')
 
 
 def test_training_benchmark_reports_images_per_second_and_ratios():

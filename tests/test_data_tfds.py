@@ -99,11 +99,11 @@ def test_read_values_labels_and_cache(built, tmp_path):
 
 def test_training_reads_config_dataset_tfds_dir(built, tmp_path):
   """config.dataset.tfds_dir replaces dataset.root for the trainer's splits and images."""
-  import runpy  # pylint: disable=g-import-not-at-top
+  from fmn_jax import cli  # pylint: disable=g-import-not-at-top
   from fmn_jax import train  # pylint: disable=g-import-not-at-top
   root, builder_dir, base = built
-  config = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), 'configs', 'demo.py'))['get_config']('ci')
+  config = cli.load_config_file(os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'configs', 'demo.py') + ':ci')
   config.dataset.name, config.dataset.root = 'market1501', str(tmp_path / 'not_there')
   config.dataset.tfds_dir = str(base / 'tensorflow_datasets')   # the data_dir: builder found
   config.dataset.cache_size, config.dataset.cache_dir = (32, 16), str(tmp_path / 'c')

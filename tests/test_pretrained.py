@@ -728,9 +728,9 @@ def test_weights_must_match_the_configured_layout_and_normalization(tmp_path):
   pretrained.check_matches_model({'family': 'unknown', 'stride_layout': 'unknown',
                                   'normalization': 'unknown'}, 'v1', 'caffe_bgr', 'npz')
   # Through the training code, with the defaults (v1, caffe_bgr): refused before any compilation.
+  from fmn_jax import cli  # pylint: disable=g-import-not-at-top
   from fmn_jax import train  # pylint: disable=g-import-not-at-top
-  import runpy  # pylint: disable=g-import-not-at-top
-  config = runpy.run_path(str(REPO / 'configs' / 'default.py'))['get_config']()
+  config = cli.load_config_file(str(REPO / 'configs' / 'default.py'))
   config.model.width, config.model.pretrained = 8, str(path)
   model = train.create_model(config, 3)
   with pytest.raises(ValueError, match=r"config\.model\.pretrained='.*tv\.safetensors' .*"

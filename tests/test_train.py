@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from fmn_jax import checkpoints
+from fmn_jax import cli
 from fmn_jax import parallel
 from fmn_jax import reporting
 from fmn_jax import train
@@ -28,11 +29,7 @@ DEMO = os.path.join(REPO, 'configs', 'demo.py')
 
 
 def _load_demo_config(variant='ci'):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location('demo_config', DEMO)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return cli.load_config_file(f'{DEMO}:{variant}')
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ two processes (gloo collectives). Process 1 reads the dataset DELAY seconds late
 host would. Prints 'OK' or 'STOPPED: message' (a one-line refusal) as its last line.
 """
 
-import importlib.util
 import os
 import sys
 import time
@@ -27,13 +26,11 @@ def main():
   jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=2,
                              process_id=pid, initialization_timeout=120)
   # pylint: disable=g-import-not-at-top
+  from fmn_jax import cli
   from fmn_jax import reporting
   from fmn_jax import train
   reporting.quiet_library_logs()
-  spec = importlib.util.spec_from_file_location('demo', os.path.join(REPO, 'configs', 'demo.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('ci')
+  config = cli.load_config_file(os.path.join(REPO, 'configs', 'demo.py') + ':ci')
   config.dataset.root = root
   config.progress, config.tensorboard, config.stages = False, False, 'grn,fmn'
   if seed is not None:

@@ -105,15 +105,12 @@ def decode_image(path: str, size: tuple) -> np.ndarray:
   """Decodes one image file to uint8 RGB [H, W, 3], resized to `size` = (H, W).
 
   The pixels are those of the tools: it is `fmn_jax.images.load_image` (any mode converted by
-  `images.to_rgb`, resized with `images.RESAMPLE`) after the quick file check. Raises datasets.UnreadableImageError naming
-  the path on any decoding problem, truncation included (also when another library set PIL's
-  LOAD_TRUNCATED_IMAGES).
+  `images.to_rgb`, resized with `images.RESAMPLE`) after the quick file check. Raises
+  datasets.UnreadableImageError naming the path on any decoding problem, truncation included
+  (also when another library set PIL's LOAD_TRUNCATED_IMAGES).
   """
   datasets.check_image_file(path)
-  try:
-    return images.load_image(path, size)
-  except (images.UnreadableImageError, FileNotFoundError) as e:
-    raise datasets.UnreadableImageError(f'cannot decode image {path}: {e}') from e
+  return datasets.decode_image_file(path, size)
 
 
 def _decode_into(out: np.ndarray, paths: Sequence[str], size: tuple, progress: bool,

@@ -189,11 +189,11 @@ def _parse_names(folder: str, pattern: re.Pattern, layout: str) -> list:
   return items
 
 
-def _decodes(path: str) -> None:
-  """Raises UnreadableImageError (naming `path`) if the file does not decode as the dataset
-  cache decodes it (`images.load_image`, without the resize)."""
+def decode_image_file(path: str, size=None) -> np.ndarray:
+  """`images.load_image(path, size)`, the dataset cache's decoder; UnreadableImageError naming
+  `path` if the file does not decode."""
   try:
-    images.load_image(path)
+    return images.load_image(path, size)
   except (images.UnreadableImageError, FileNotFoundError) as e:
     raise UnreadableImageError(f'cannot decode image {path}: {e}') from e
 
@@ -207,7 +207,7 @@ def _filter_readable(items: list, skip_unreadable: bool, split_name: str, notes:
     try:
       check_image_file(item.path)
       if skip_unreadable:
-        _decodes(item.path)
+        decode_image_file(item.path)
       return None
     except UnreadableImageError as e:
       if not skip_unreadable:

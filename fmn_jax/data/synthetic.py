@@ -543,15 +543,16 @@ def main(argv=None) -> int:
         raise ValueError
     except ValueError:
       raise ValueError(f'--image_size={args.image_size!r}: expected H,W') from None
-    before = _read_marker(out) if os.path.isdir(out) else None
-    generate(out, seed=args.seed, num_train_ids=args.num_train_ids,
-             num_test_ids=args.num_test_ids, num_cameras=args.num_cameras,
-             images_per_camera=args.images_per_camera, image_size=size)
+    kwargs = dict(seed=args.seed, num_train_ids=args.num_train_ids,
+                  num_test_ids=args.num_test_ids, num_cameras=args.num_cameras,
+                  images_per_camera=args.images_per_camera, image_size=size)
+    reused = check_folder(out, **kwargs)
+    generate(out, **kwargs)
   except (ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   counts = ', '.join(f'{s} {len(os.listdir(os.path.join(out, s)))}' for s in SPLIT_FOLDERS)
-  if before is not None and before.get('complete'):
+  if reused:
     print(f'{out} already holds this dataset (reused as it is): {counts}')
   else:
     print(f'wrote {out} in {time.time() - t:.1f} s: {counts}')

@@ -67,6 +67,8 @@ def get_builder_class(dataset_name: str):
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {str(VERSION): 'Initial release.'}
+    # The release as `build` listed it (listed again by _split_generators when not set).
+    reid_dataset = None
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         f'Unpack the {dataset_name} release and pass its folder as manual_dir (the same folder '
         'that fmn_jax.data.load_dataset takes as root).')
@@ -94,7 +96,8 @@ def get_builder_class(dataset_name: str):
       )
 
     def _split_generators(self, dl_manager):
-      ds = datasets.load_dataset(dataset_name, os.fspath(dl_manager.manual_dir))
+      ds = self.reid_dataset or datasets.load_dataset(dataset_name,
+                                                      os.fspath(dl_manager.manual_dir))
       return {s: self._generate_examples(ds, s) for s in SPLITS}
 
     def _generate_examples(self, ds, split_name):
@@ -123,9 +126,10 @@ def build(dataset_name: str, manual_dir: str, data_dir: str) -> str:
                             f'{dataset_name} release)')
   # The release is listed and checked here too, so that a wrong folder is one clear error before
   # TFDS starts (its own check of an empty manual_dir is an assertion).
-  datasets.load_dataset(dataset_name, manual_dir)
+  listed = datasets.load_dataset(dataset_name, manual_dir)
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
   builder = get_builder_class(dataset_name)(data_dir=data_dir, file_format='array_record')
+  builder.reid_dataset = listed
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return os.fspath(builder.data_dir)
