@@ -915,11 +915,9 @@ def _set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   node[name] = value
 
 
-def _stage_signature(stage: str, config: ml_collections.ConfigDict, num_classes: int,
-                     model: Optional[models.FMN] = None) -> dict:
-  """The arrays (names, shapes, dtypes) a checkpoint of `stage` holds under `config` (`model`:
-  that config's model, when already built)."""
-  model = model if model is not None else create_model(config, num_classes)
+def _stage_signature(stage: str, config: ml_collections.ConfigDict, num_classes: int) -> dict:
+  """The arrays (names, shapes, dtypes) a checkpoint of `stage` holds under `config`."""
+  model = create_model(config, num_classes)
   abstract = (abstract_grn_state if stage == 'grn' else abstract_fmn_state)(model, config, 1)
   return checkpoints.tree_signature(abstract)
 
@@ -1016,7 +1014,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, model: models
       continue
     if saved is not None:
       difference = checkpoints.signature_difference(
-          saved, _stage_signature(stage, config, dataset.num_classes, model))
+          saved, _stage_signature(stage, config, dataset.num_classes))
       if difference:
         saved_classes = saved_run.get('num_classes')
         changes = (_keys_that_change(stage, saved, saved_config, saved_classes, config,
