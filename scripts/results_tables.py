@@ -1,0 +1,284 @@
+"""Markdown tables of the Market-1501 results beside the paper's, for the README.
+
+    python scripts/results_tables.py                        # print every table from results/
+    python scripts/results_tables.py --write=README.md      # replace the README's marked tables
+
+Reads what `scripts/reproduce_market.sh`, `scripts/gpu_calls.sh` and `fmn_jax.benchmark` write:
+`market_fmn.json` (Tables 1 and 2), `market_mask_{pool1,res2,res3,res4}.json` (Table 5),
+`benchmark_<device>.json` (speed against the targets, with the recipe's wall time from
+`market_fmn.json`) and `market_lr_mn_study.json` (stage 2 at several mixing-network learning
+rates). A missing file gives a row that says so, never a number. With `--write`, each table
+replaces the lines between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->` in the file; a
+marker that is missing or unpaired stops the script with the marker named, before anything is
+written.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+from typing import Callable, Dict, List, Mapping, Optional
+
+# Paper, Tables 1 and 2: rank-1, rank-5, rank-20, mAP (None: not reported).
+PAPER = {
+    'GRN': (79.33, 91.48, 96.62, 58.50),
+    'LAN': (81.15, 91.39, 96.44, 59.88),
+    'FMN': (85.99, 93.74, 97.51, 67.12),
+    'FMN+rerank': (87.92, None, None, 80.62),
+}
+# Paper, Table 5: mask layer, its map size at 224x224 input, rank-1 and mAP.
+PAPER_MASKS = (('pool1', '56×56', 85.99, 67.12), ('res2', '56×56', 85.15, 65.84),
+               ('res3', '28×28', 84.23, 65.16), ('res4', '14×14', 82.39, 61.95))
+# Issue targets on one H100.
+TARGET_STAGE1, TARGET_STAGE2 = 0.90, 0.65
+TARGET_RECIPE_MINUTES, TARGET_EVAL_SECONDS = 15.0, 10.0
+NOT_RUN = 'not yet run'
+
+
+class ResultsError(ValueError):
+  """A results file or the README is not what this script expects; the message names it."""
+
+
+def _load(path: str) -> Optional[dict]:
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ResultsError(f'{path}: not a readable JSON file ({e})') from None
+  if not isinstance(data, dict):
+    raise ResultsError(f'{path}: expected a JSON object, got {type(data).__name__}')
+  return data
+
+
+def _num(value: Optional[float]) -> str:
+  return '–' if value is None else f'{value:.2f}'
+
+
+def _delta(ours: float, paper: Optional[float]) -> str:
+  return '' if paper is None else f' ({ours - paper:+.2f})'
+
+
+def _metric(results: Mapping, method: str, key: str, path: str) -> float:
+  try:
+    return float(results[method][key])
+  except (KeyError, TypeError, ValueError):
+    raise ResultsError(f'{path}: no number at {method}.{key}') from None
+
+
+def _run_facts(results: Mapping) -> str:
+  seconds = results.get('stage_seconds') or {}
+  parts = [f'{name} {seconds[name] / 60:.1f} min' for name in ('grn', 'fmn', 'eval')
+           if isinstance(seconds.get(name), (int, float))]
+  facts = [str(results.get('device', '?')), f'jax {results.get("jax_version", "?")}',
+           f'seed {results.get("seed", "?")}']
+  return ', '.join(facts) + ('; ' + ', '.join(parts) if parts else '')
+
+
+def table_paper(results_dir: str) -> str:
+  """Tables 1 and 2: each method's rank-1/5/20 and both mAPs, the paper's beside them."""
+  path = os.path.join(results_dir, 'market_fmn.json')
+  results = _load(path)
+  lines = ['| Market-1501 | paper R-1 / R-5 / R-20 / mAP | this project R-1 (vs paper) | R-5 | R-20 '
+           '| mAP (vs paper) | mAP (trapezoid) |', '|---|---|---|---|---|---|---|']
+  for method, paper in PAPER.items():
+    label = {'FMN+rerank': 'FMN + re-ranking (Table 2)'}.get(method, method)
+    if method == 'GRN':
+      label += ' (Table 1)'
+    paper_text = ' / '.join(_num(v) for v in paper)
+    if results is None:
+      lines.append(f'| {label} | {paper_text} | {NOT_RUN} | | | | |')
+      continue
+    r1, r5, r20, ap, ap_t = (_metric(results, method, k, path)
+                             for k in ('rank1', 'rank5', 'rank20', 'mAP', 'mAP_trapezoid'))
+    lines.append(f'| {label} | {paper_text} | {r1:.2f}{_delta(r1, paper[0])} | {r5:.2f} | '
+                 f'{r20:.2f} | {ap:.2f}{_delta(ap, paper[3])} | {ap_t:.2f} |')
+  if results is not None:
+    lines.append('')
+    lines.append(f'`{os.path.basename(path)}`: {_run_facts(results)}.')
+  return '\n'.join(lines)
+
+
+def table_masks(results_dir: str) -> str:
+  """Table 5: FMN rank-1 and mAP per mask layer, the paper's beside them."""
+  lines = ['| mask layer (Table 5) | paper R-1 / mAP | this project R-1 / mAP (vs paper) | '
+           'FMN + re-ranking R-1 / mAP |', '|---|---|---|---|']
+  for layer, size, p_r1, p_ap in PAPER_MASKS:
+    path = os.path.join(results_dir, f'market_mask_{layer}.json')
+    results = _load(path)
+    if results is None:
+      lines.append(f'| {layer} ({size}) | {p_r1:.2f} / {p_ap:.2f} | {NOT_RUN} | |')
+      continue
+    r1, ap = _metric(results, 'FMN', 'rank1', path), _metric(results, 'FMN', 'mAP', path)
+    rr1, rap = (_metric(results, 'FMN+rerank', k, path) for k in ('rank1', 'mAP'))
+    lines.append(f'| {layer} ({size}) | {p_r1:.2f} / {p_ap:.2f} | {r1:.2f} / {ap:.2f} '
+                 f'({r1 - p_r1:+.2f} / {ap - p_ap:+.2f}) | {rr1:.2f} / {rap:.2f} |')
+  return '\n'.join(lines)
+
+
+def _meets(ok: bool) -> str:
+  return 'meets' if ok else 'misses'
+
+
+def _rate(part: Mapping) -> str:
+  low, high = part['images_per_second_range']
+  return f'{part["images_per_second"]:,.0f} ({low:,.0f}–{high:,.0f})'
+
+
+def _benchmark_file(results_dir: str) -> Optional[str]:
+  """The GPU benchmark: benchmark_h100.json, else the one other benchmark_*.json of a GPU."""
+  preferred = os.path.join(results_dir, 'benchmark_h100.json')
+  if os.path.exists(preferred):
+    return preferred
+  found = sorted(p for p in glob.glob(os.path.join(results_dir, 'benchmark_*.json'))
+                 if 'cpu' not in os.path.basename(p))
+  return found[0] if found else None
+
+
+def table_speed(results_dir: str) -> str:
+  """The benchmark beside the targets, and the recipe's wall time from market_fmn.json."""
+  path = _benchmark_file(results_dir)
+  bench = _load(path) if path else None
+  lines = ['| one GPU | measured: images/s median (range) or seconds | target | |',
+           '|---|---|---|---|']
+  if bench is None:
+    lines.append(f'| `python -m fmn_jax.benchmark --what=all` | {NOT_RUN} | | |')
+  else:
+    name = os.path.basename(path)
+    train = bench.get('train')
+    if not isinstance(train, dict):
+      raise ResultsError(f'{path}: no "train" part (run the benchmark with --what=all)')
+    try:
+      ceiling, stage1, stage2 = train['ceiling'], train['stage1'], train['stage2']
+      lines.append(f'| ceiling: plain ResNet step, same layers, batch {ceiling["batch_size"]} '
+                   f'| {_rate(ceiling)} | | |')
+      for label, part, target in (('stage 1 (GRN) step', stage1, TARGET_STAGE1),
+                                  ('stage 2 (MN + LAN) step', stage2, TARGET_STAGE2)):
+        ratio = part['ratio_to_ceiling']
+        lines.append(f'| {label}, batch {part["batch_size"]} | {_rate(part)}: '
+                     f'{ratio:.2f} of the ceiling | ≥ {target:.2f} | {_meets(ratio >= target)} |')
+      features = train['features']
+      lines.append(f'| feature extraction (flip {"on" if features["flip"] else "off"}, batch '
+                   f'{features["batch_size"]}) | {_rate(features)} | | |')
+    except (KeyError, TypeError, ValueError) as e:
+      raise ResultsError(f'{path}: train part lacks {e}') from None
+    eval_part = bench.get('eval')
+    if not isinstance(eval_part, dict):
+      raise ResultsError(f'{path}: no "eval" part (run the benchmark with --what=all)')
+    try:
+      steps = eval_part['parts']['pipeline']['steps']
+      (label, step), = steps.items()
+      seconds = [float(s) for s in step['seconds']]
+    except (KeyError, TypeError, ValueError) as e:
+      raise ResultsError(f'{path}: eval part lacks the pipeline timing ({e})') from None
+    best = min(seconds)
+    lines.append(f'| {label}, {eval_part.get("num_query")} × {eval_part.get("num_gallery")}, '
+                 f'{eval_part.get("dim")}-d | {best:.2f} s (best of {len(seconds)}; all: '
+                 f'{", ".join(f"{s:.2f}" for s in seconds)}) | ≤ {TARGET_EVAL_SECONDS:.0f} s '
+                 f'| {_meets(best <= TARGET_EVAL_SECONDS)} |')
+  fmn_path = os.path.join(results_dir, 'market_fmn.json')
+  fmn = _load(fmn_path)
+  if fmn is None:
+    lines.append(f'| the paper recipe, both stages + evaluation (`market_fmn.json`) | {NOT_RUN} | '
+                 f'≤ {TARGET_RECIPE_MINUTES:.0f} min | |')
+  else:
+    seconds = fmn.get('stage_seconds') or {}
+    missing = [s for s in ('grn', 'fmn', 'eval') if not isinstance(seconds.get(s), (int, float))]
+    if missing:
+      raise ResultsError(f'{fmn_path}: stage_seconds lacks {", ".join(missing)}')
+    minutes = sum(seconds[s] for s in ('grn', 'fmn', 'eval')) / 60
+    lines.append(f'| the paper recipe, both stages + evaluation (`market_fmn.json`, '
+                 f'{fmn.get("device", "?")}) | {minutes:.1f} min | ≤ {TARGET_RECIPE_MINUTES:.0f} min '
+                 f'| {_meets(minutes <= TARGET_RECIPE_MINUTES)} |')
+  if bench is not None:
+    device = (bench.get('train') or {}).get('device', '?')
+    lines.append('')
+    lines.append(f'`{os.path.basename(path)}`: {device}, jax {bench.get("jax_version", "?")}.')
+  return '\n'.join(lines)
+
+
+def table_lr_study(results_dir: str) -> str:
+  """Stage 2 per mixing-network learning rate: the last epoch's mask health and the scores."""
+  path = os.path.join(results_dir, 'market_lr_mn_study.json')
+  study = _load(path)
+  lines = ['| fmn.lr_mn | mask_mean | dead | saturated | log-std | LAN R-1 / mAP | FMN R-1 / mAP '
+           '| FMN+rerank R-1 / mAP |', '|---|---|---|---|---|---|---|---|']
+  if study is None:
+    lines.append(f'| (`market_lr_mn_study.json`) | {NOT_RUN} | | | | | | |')
+    return '\n'.join(lines)
+  runs = study.get('runs')
+  if not isinstance(runs, dict) or not runs:
+    raise ResultsError(f'{path}: no runs')
+  fmn = _load(os.path.join(results_dir, 'market_fmn.json'))
+  rows = list(runs.items())
+  if fmn is not None:   # the train step's run: the config's own lr_mn, from the same stage 1
+    rows.insert(0, ('default (`market_fmn.json`)', {'metrics': fmn}))
+  for lr, run in rows:
+    if 'error' in run:
+      lines.append(f'| {lr} | failed: {run["error"]} | | | | | | |')
+      continue
+    epochs = run.get('epochs') or []
+    last = epochs[-1] if epochs else {}
+    health = ' | '.join(_num(last.get(k)) for k in ('mask_mean', 'mask_dead', 'mask_saturated',
+                                                   'mask_log_std'))
+    metrics = run.get('metrics') or {}
+    scores = ' | '.join(
+        f'{_metric(metrics, m, "rank1", path):.2f} / {_metric(metrics, m, "mAP", path):.2f}'
+        for m in ('LAN', 'FMN', 'FMN+rerank'))
+    lines.append(f'| {lr} | {health} | {scores} |')
+  return '\n'.join(lines)
+
+
+TABLES: Dict[str, Callable[[str], str]] = {
+    'paper': table_paper, 'masks': table_masks, 'speed': table_speed, 'lr_study': table_lr_study}
+
+
+def replace_marked(text: str, tables: Mapping[str, str], path: str) -> str:
+  """Returns text with each `<!-- tables:NAME -->` … `<!-- /tables:NAME -->` block replaced."""
+  for name, table in tables.items():
+    start, end = f'<!-- tables:{name} -->', f'<!-- /tables:{name} -->'
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+      raise ResultsError(f'{path}: needs exactly one {start} followed by one {end}')
+    pattern = re.compile(re.escape(start) + r'.*?' + re.escape(end), re.S)
+    text = pattern.sub(lambda _: f'{start}\n{table}\n{end}', text)
+  return text
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--results', default='results', help='folder of the result files')
+  parser.add_argument('--write', metavar='README',
+                      help='replace the marked tables in this file instead of printing them')
+  parser.add_argument('--tables', default=','.join(TABLES),
+                      help=f'comma-separated subset of {",".join(TABLES)}')
+  args = parser.parse_args(argv)
+  names = [n for n in args.tables.split(',') if n]
+  unknown = [n for n in names if n not in TABLES]
+  if unknown:
+    parser.error(f'--tables: unknown {", ".join(unknown)} (known: {", ".join(TABLES)})')
+  try:
+    if not os.path.isdir(args.results):
+      raise ResultsError(f'--results={args.results}: no such folder')
+    tables = {name: TABLES[name](args.results) for name in names}
+    if args.write:
+      with open(args.write) as f:
+        text = f.read()
+      new = replace_marked(text, tables, args.write)
+      with open(args.write, 'w') as f:
+        f.write(new)
+      print(f'{args.write}: {"updated" if new != text else "unchanged"} '
+            f'({", ".join(names)})')
+    else:
+      for name, table in tables.items():
+        print(f'## {name}\n\n{table}\n')
+  except (ResultsError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
