@@ -7,7 +7,8 @@ Reads what `scripts/reproduce_market.sh`, `scripts/gpu_calls.sh` and `fmn_jax.be
 `market_fmn.json` (Tables 1 and 2), `market_mask_{pool1,res2,res3,res4}.json` (Table 5),
 `benchmark_<device>.json` (speed against the targets, with the recipe's wall time from
 `market_fmn.json`) and `market_lr_mn_study.json` (stage 2 at several mixing-network learning
-rates). A missing file gives a row that says so, never a number. With `--write`, each table
+rates; the default's row is `market_fmn.json`, with its mask statistics from the train step's
+`mask_pool1_log.jsonl` where that is in the folder too). A missing file gives a row that says so, never a number. With `--write`, each table
 replaces the lines between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->` in the file; a
 marker that is missing or unpaired stops the script with the marker named, before anything is
 written.
@@ -20,6 +21,8 @@ import os
 import re
 import sys
 from typing import Callable, Dict, List, Mapping, Optional
+
+from fmn_jax import reporting
 
 # Paper, Tables 1 and 2: rank-1, rank-5, rank-20, mAP (None: not reported).
 PAPER = {
@@ -215,7 +218,9 @@ def table_lr_study(results_dir: str) -> str:
   fmn = _load(os.path.join(results_dir, 'market_fmn.json'))
   rows = list(runs.items())
   if fmn is not None:   # the train step's run: the config's own lr_mn, from the same stage 1
-    rows.insert(0, ('default (`market_fmn.json`)', {'metrics': fmn}))
+    log = reporting.read_jsonl(os.path.join(results_dir, 'mask_pool1_log.jsonl'))
+    epochs = reporting.epoch_records(log).get('fmn', [])
+    rows.insert(0, ('default (`market_fmn.json`)', {'metrics': fmn, 'epochs': epochs}))
   for lr, run in rows:
     if 'error' in run:
       lines.append(f'| {lr} | failed: {run["error"]} | | | | | | |')

@@ -63,6 +63,12 @@ def _full_results(folder):
   _write(folder, 'benchmark_h100.json', _benchmark())
   epochs = [{'epoch': 1, 'mask_mean': 1.5, 'mask_dead': 0.25, 'mask_saturated': 0.0,
              'mask_log_std': 0.125}]
+  with open(os.path.join(folder, 'mask_pool1_log.jsonl'), 'w') as f:
+    for record in ({'kind': 'epoch', 'stage': 'grn', 'epoch': 1, 'mask_mean': 9.0},
+                   dict(epochs[0], kind='epoch', stage='fmn', mask_mean=7.0),
+                   dict(epochs[0], kind='epoch', stage='fmn', epoch=2, mask_mean=1.25)):
+      f.write(json.dumps(record) + '\n')
+    f.write('{"kind": "epo')   # a line cut by a kill is skipped
   _write(folder, 'market_lr_mn_study.json', {'runs': {
       '1e-06': {'epochs': epochs, 'metrics': _results(fmn_r1=84.0)},
       '1.0': {'error': 'exit 4: NaN loss at step 12'}}})
@@ -94,7 +100,8 @@ def test_tables_put_the_measured_numbers_beside_the_paper(tmp_path):
   assert '| 10.5 min | ≤ 15 min | meets |' in speed
   study = results_tables.table_lr_study(str(tmp_path))
   lines = study.splitlines()
-  assert lines[2].startswith('| default (`market_fmn.json`) | – | – | – | – | 81.00 / 60.00 | 86.50 / 68.00 |')
+  assert lines[2].startswith('| default (`market_fmn.json`) | 1.25 | 0.25 | 0.00 | 0.12 | '
+                             '81.00 / 60.00 | 86.50 / 68.00 |')
   assert lines[3] == ('| 1e-06 | 1.50 | 0.25 | 0.00 | 0.12 | 81.00 / 60.00 | 84.00 / 68.00 | '
                       '88.50 / 81.00 |')
   assert lines[4].startswith('| 1.0 | failed: exit 4: NaN loss at step 12 |')
