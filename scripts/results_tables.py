@@ -22,7 +22,9 @@ import re
 import sys
 from typing import Callable, Dict, List, Mapping, Optional
 
-from fmn_jax import reporting
+# Runs from a clone without `pip install -e .` too.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fmn_jax import reporting  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Paper, Tables 1 and 2: rank-1, rank-5, rank-20, mAP (None: not reported).
 PAPER = {
