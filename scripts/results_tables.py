@@ -18,7 +18,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -40,6 +39,7 @@ PAPER_MASKS = (('pool1', '56×56', 85.99, 67.12), ('res2', '56×56', 85.15, 65.8
 TARGET_STAGE1, TARGET_STAGE2 = 0.90, 0.65
 TARGET_RECIPE_MINUTES, TARGET_EVAL_SECONDS = 15.0, 10.0
 NOT_RUN = 'not yet run'
+STAGES = ('grn', 'fmn', 'eval')   # the keys of results.json's stage_seconds
 
 
 class ResultsError(ValueError):
@@ -76,7 +76,7 @@ def _metric(results: Mapping, method: str, key: str, path: str) -> float:
 
 def _run_facts(results: Mapping) -> str:
   seconds = results.get('stage_seconds') or {}
-  parts = [f'{name} {seconds[name] / 60:.1f} min' for name in ('grn', 'fmn', 'eval')
+  parts = [f'{name} {seconds[name] / 60:.1f} min' for name in STAGES
            if isinstance(seconds.get(name), (int, float))]
   facts = [str(results.get('device', '?')), f'jax {results.get("jax_version", "?")}',
            f'seed {results.get("seed", "?")}']
@@ -149,13 +149,15 @@ def table_speed(results_dir: str) -> str:
   bench = _load(path) if path else None
   lines = ['| one GPU | measured: images/s median (range) or seconds | target | |',
            '|---|---|---|---|']
+  footer = None
   if bench is None:
     lines.append(f'| `python -m fmn_jax.benchmark --what=all` | {NOT_RUN} | | |')
   else:
-    name = os.path.basename(path)
     train = bench.get('train')
     if not isinstance(train, dict):
       raise ResultsError(f'{path}: no "train" part (run the benchmark with --what=all)')
+    footer = (f'`{os.path.basename(path)}`: {train.get("device", "?")}, '
+              f'jax {bench.get("jax_version", "?")}.')
     try:
       ceiling, stage1, stage2 = train['ceiling'], train['stage1'], train['stage2']
       lines.append(f'| ceiling: plain ResNet step, same layers, batch {ceiling["batch_size"]} '
@@ -191,17 +193,15 @@ def table_speed(results_dir: str) -> str:
                  f'≤ {TARGET_RECIPE_MINUTES:.0f} min | |')
   else:
     seconds = fmn.get('stage_seconds') or {}
-    missing = [s for s in ('grn', 'fmn', 'eval') if not isinstance(seconds.get(s), (int, float))]
+    missing = [s for s in STAGES if not isinstance(seconds.get(s), (int, float))]
     if missing:
       raise ResultsError(f'{fmn_path}: stage_seconds lacks {", ".join(missing)}')
-    minutes = sum(seconds[s] for s in ('grn', 'fmn', 'eval')) / 60
+    minutes = sum(seconds[s] for s in STAGES) / 60
     lines.append(f'| the paper recipe, both stages + evaluation (`market_fmn.json`, '
                  f'{fmn.get("device", "?")}) | {minutes:.1f} min | ≤ {TARGET_RECIPE_MINUTES:.0f} min '
                  f'| {_meets(minutes <= TARGET_RECIPE_MINUTES)} |')
-  if bench is not None:
-    device = (bench.get('train') or {}).get('device', '?')
-    lines.append('')
-    lines.append(f'`{os.path.basename(path)}`: {device}, jax {bench.get("jax_version", "?")}.')
+  if footer:
+    lines += ['', footer]
   return '\n'.join(lines)
 
 
@@ -249,8 +249,9 @@ def replace_marked(text: str, tables: Mapping[str, str], path: str) -> str:
     start, end = f'<!-- tables:{name} -->', f'<!-- /tables:{name} -->'
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
       raise ResultsError(f'{path}: needs exactly one {start} followed by one {end}')
-    pattern = re.compile(re.escape(start) + r'.*?' + re.escape(end), re.S)
-    text = pattern.sub(lambda _: f'{start}\n{table}\n{end}', text)
+    before, _, rest = text.partition(start)
+    after = rest.partition(end)[2]
+    text = f'{before}{start}\n{table}\n{end}{after}'
   return text
 
 
