@@ -27,30 +27,18 @@ def _to_python(value: Any) -> Any:
   return value
 
 
-# Orbax logs this when a checkpoint's metadata is read (checkpoints.StageCheckpoints.seconds and
-# .total_steps, which every tool and every resume calls) through a manager that has not yet been
-# told the handler of the checkpoint's one item, 'default'. Only the item's metadata is skipped:
-# the custom metadata asked for is read, and the item itself is restored with
-# `ocp.args.StandardRestore`, so the warning says nothing about the run.
-_ORBAX_UNKNOWN_ITEM = 'Item "default" was found in the checkpoint, but could not be restored'
-
-
 class _QuietLibraries(pylogging.Filter):
-  """Drops INFO records of orbax (lines per checkpoint file) and of jax's backend set-up, and
-  orbax's harmless `_ORBAX_UNKNOWN_ITEM` warning."""
+  """Drops INFO records of orbax (lines per checkpoint file) and of jax's backend set-up."""
 
   def filter(self, record):
     path = record.pathname.replace(os.sep, '/')
-    if '/orbax/' in path and record.getMessage().startswith(_ORBAX_UNKNOWN_ITEM):
-      return False
     return (record.levelno >= pylogging.WARNING or
             not ('/orbax/' in path or '/jax/_src/' in path))
 
 
 def quiet_library_logs() -> None:
   """Keeps only warnings of orbax (it logs every checkpoint open, save and close at INFO) and of
-  jax's backend set-up on the absl log handler, less orbax's `_ORBAX_UNKNOWN_ITEM` warning; the
-  project's own INFO lines stay."""
+  jax's backend set-up on the absl log handler; the project's own INFO lines stay."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):

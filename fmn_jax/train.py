@@ -881,18 +881,29 @@ def abstract_grn_state(model, config, steps_per_epoch: int) -> TrainState:
   return jax.eval_shape(lambda v: grn_state(v, tx), abstract_variables(model, config))
 
 
+def stage_total_steps(stage: str, config: ml_collections.ConfigDict, train) -> int:
+  """The last step of `stage` under `config` on the training split `train`."""
+  return config[stage].epochs * make_sampler(stage, config, train).steps_per_epoch
+
+
+def _require_finished_grn(directory: str, latest: Optional[int], total_steps: int,
+                          config: ml_collections.ConfigDict) -> None:
+  """Stage 2 starts from stage 1's last step: refuses a missing or unfinished stage 1."""
+  if latest is None:
+    raise FileNotFoundError(f'stage 2 starts from stage 1, but there is no stage-1 (grn) '
+                            f'checkpoint in {directory}: run --config.stages=grn first')
+  if latest != total_steps:
+    raise ValueError(f'the stage-1 checkpoint in {directory} is at step {latest}, but '
+                     f'config.grn (epochs={config.grn.epochs}) gives {total_steps} steps: '
+                     'finish stage 1 (--config.stages=grn) or match config.grn.epochs')
+
+
 def trained_grn(workdir: str, model, config, mesh, total_steps: int) -> dict:
   """Stage 1's final {'params', 'batch_stats'} of the GRN from its checkpoint."""
   ckpt = checkpoints.StageCheckpoints(checkpoints.stage_dir(workdir, 'grn'), read_only=True)
   try:
     latest = ckpt.latest_step()
-    if latest is None:
-      raise FileNotFoundError(f'stage 2 starts from stage 1, but there is no stage-1 (grn) '
-                              f'checkpoint in {ckpt.directory}: run --config.stages=grn first')
-    if latest != total_steps:
-      raise ValueError(f'the stage-1 checkpoint in {ckpt.directory} is at step {latest}, but '
-                       f'config.grn (epochs={config.grn.epochs}) gives {total_steps} steps: '
-                       'finish stage 1 (--config.stages=grn) or match config.grn.epochs')
+    _require_finished_grn(ckpt.directory, latest, total_steps, config)
     abstract = _with_sharding(abstract_grn_state(model, config, 1), parallel.replicated(mesh))
     state = ckpt.restore(abstract, latest)
   finally:
@@ -976,8 +987,8 @@ def _latest_step(workdir: str, stage: str) -> Optional[int]:
     ckpt.close()
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str, model: models.FMN,
-                  dataset: data.ReidDataset, stages: tuple) -> dict:
+def check_workdir(config: ml_collections.ConfigDict, workdir: str, dataset: data.ReidDataset,
+                  stages: tuple) -> dict:
   """Refuses a run whose config does not fit the checkpoints already in `workdir`.
 
   Before anything is written, so a refused run leaves the workdir as it was: every stage's
@@ -1032,21 +1043,14 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, model: models
             f'--workdir={workdir} holds checkpoints of another config in {directory} (step '
             f'{latest[stage]}): {what}. Use a fresh --workdir, or the config of that run')
     if stage in stages:
-      total = config[stage].epochs * make_sampler(stage, config, dataset.train).steps_per_epoch
+      total = stage_total_steps(stage, config, dataset.train)
       if latest[stage] > total:
         raise ValueError(f'{directory} holds step {latest[stage]} but config.{stage}.epochs='
                          f'{config[stage].epochs} gives only {total} steps; use a fresh '
                          '--workdir, or the config of the run that wrote it')
   if 'fmn' in stages and latest['fmn'] is None and 'grn' not in stages:
-    directory = checkpoints.stage_dir(workdir, 'grn')
-    total = config.grn.epochs * make_sampler('grn', config, dataset.train).steps_per_epoch
-    if latest['grn'] is None:
-      raise FileNotFoundError(f'stage 2 starts from stage 1, but there is no stage-1 (grn) '
-                              f'checkpoint in {directory}: run --config.stages=grn first')
-    if latest['grn'] != total:
-      raise ValueError(f'the stage-1 checkpoint in {directory} is at step {latest["grn"]}, but '
-                       f'config.grn (epochs={config.grn.epochs}) gives {total} steps: '
-                       'finish stage 1 (--config.stages=grn) or match config.grn.epochs')
+    _require_finished_grn(checkpoints.stage_dir(workdir, 'grn'), latest['grn'],
+                          stage_total_steps('grn', config, dataset.train), config)
   return latest
 
 
@@ -1101,21 +1105,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
 
   # A stage that starts from scratch needs fresh variables: the ImageNet weights are read and
   # checked now, before any image is decoded.
-  weights = None
-  if any(s in stages and _latest_step(workdir, s) is None for s in TRAIN_STAGES):
-    weights = read_pretrained(config)
+  needs_fresh = any(s in stages and _latest_step(workdir, s) is None for s in TRAIN_STAGES)
+  weights = read_pretrained(config) if needs_fresh else None
   dataset = load_reid_dataset(config, workdir)
   for note in dataset.notes:
     logging.warning('%s: %s', dataset.name, note)
   model = create_model(config, dataset.num_classes)
-  latest = check_workdir(config, workdir, model, dataset, stages)
+  check_workdir(config, workdir, dataset, stages)
   # Opening a checkpoint manager is a collective in orbax: no process may create a stage's
   # checkpoint folder (run_stage) while another one is still checking the workdir.
   parallel.sync('fmn_jax: workdir checked')
   # Built now, so that ImageNet weights that do not fit the model (depth, width) stop the run
   # before it writes anything; run_stage uses them only for a stage without a checkpoint.
-  fresh = (init_variables(model, config, weights=weights)
-           if any(s in stages and latest[s] is None for s in TRAIN_STAGES) else None)
+  fresh = init_variables(model, config, weights=weights) if needs_fresh else None
   del weights
 
   # The run is accepted: from here on the workdir describes it.
@@ -1140,7 +1142,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, where: 
         for split in (dataset.query, dataset.gallery):
           decode(config, split)
 
-    grn_steps = make_sampler('grn', config, dataset.train).steps_per_epoch * config.grn.epochs
+    grn_steps = stage_total_steps('grn', config, dataset.train)
     if 'grn' in stages:
       where['stage'] = 'grn'
       spe = make_sampler('grn', config, dataset.train).steps_per_epoch

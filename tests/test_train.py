@@ -181,14 +181,13 @@ def test_workdir_check_allows_what_keeps_the_checkpoints(tiny_run, tmp_path):
   workdir, c = _copy_run(tiny_run, tmp_path / 'fresh', only_grn=True)
   c.model.mask_layer, c.stages = 'res4', 'fmn,eval'
   dataset = train.load_reid_dataset(c, workdir)
-  model = train.create_model(c, dataset.num_classes)
-  assert train.check_workdir(c, workdir, model, dataset, ('fmn', 'eval')) == {
+  assert train.check_workdir(c, workdir, dataset, ('fmn', 'eval')) == {
       'grn': 9, 'fmn': None}
   # Keys outside the checkpoints' arrays may change on a finished run.
   workdir, c = _copy_run(tiny_run, tmp_path / 'done')
   c.eval.rerank, c.eval.k1, c.checkpoint.every_steps, c.log_every_steps = False, 5, 1, 1
   c.grn.lr, c.model.dtype = 0.5, 'bfloat16'
-  assert train.check_workdir(c, workdir, model, dataset, ('eval',)) == {'grn': 9, 'fmn': 9}
+  assert train.check_workdir(c, workdir, dataset, ('eval',)) == {'grn': 9, 'fmn': 9}
 
 
 def test_restore_of_another_model_is_a_one_line_error(tiny_run, monkeypatch):
