@@ -6,8 +6,42 @@ rather than skip, when it cannot be had: the real-weights checks are part of the
 """
 
 import os
+import sys
 
+import numpy as np
 import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, "tests", "data")
+# The suite must pass on a clone with nothing beside it: every fixture lives in tests/data.
+# Opening any file under ../shared (the folder some checkouts have beside them) fails the test
+# that does it, so a fixture that was never vendored shows up here and not on a user's clone.
+SHARED = os.path.realpath(os.path.join(REPO, "..", "shared"))
+
+
+def reads_shared(path) -> bool:
+  """Whether `path` (as given to open()) lies in ../shared beside the clone."""
+  if not isinstance(path, (str, bytes, os.PathLike)):
+    return False
+  real = os.path.realpath(os.fsdecode(path))
+  return real == SHARED or real.startswith(SHARED + os.sep)
+
+
+def _no_reads_of_shared(event, args):
+  if event == "open" and args and reads_shared(args[0]):
+    raise PermissionError(f"the test suite opened {os.fsdecode(args[0])}, beside the clone "
+                          f"{REPO}: copy what the test needs into tests/data")
+
+
+sys.addaudithook(_no_reads_of_shared)
+
+
+def golden(name):
+  """A vendored golden fixture (tests/data/NAME, an .npz written without pickles)."""
+  path = os.path.join(DATA, name)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"golden fixture {path} is missing (tests/data holds every fixture)")
+  return np.load(path)
 
 
 @pytest.fixture(scope="session")

@@ -1,27 +1,16 @@
 """Tests of fmn_jax.metrics: distances, CMC / mAP / mINP against the golden fixtures and by hand."""
 
-import os
-
 import numpy as np
 import pytest
 
+import conftest
+
 from fmn_jax import metrics
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _golden(name):
-  """A golden fixture: vendored in tests/data, else ../shared/golden beside the checkout."""
-  for path in (os.path.join(_REPO, 'tests', 'data', name),
-               os.path.join(_REPO, '..', 'shared', 'golden', name)):
-    if os.path.exists(path):
-      return np.load(path)
-  raise FileNotFoundError(f'golden fixture {name} is neither in tests/data nor in ../shared/golden')
 
 
 @pytest.fixture(scope='module')
 def golden():
-  return _golden('golden_public_seed0.npz')
+  return conftest.golden('golden_public_seed0.npz')
 
 
 def _ids(g, junk_is_negative=False):

@@ -1,24 +1,13 @@
 """Tests of fmn_jax.rerank against the golden fixtures and a dense transcription of the method."""
 
-import os
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conftest
+
 from fmn_jax import metrics
 from fmn_jax import rerank
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SHARED = os.path.join(_REPO, '..', 'shared', 'golden')
-
-
-def _golden(name):
-  """A golden fixture: vendored in tests/data, else ../shared/golden beside the checkout."""
-  for path in (os.path.join(_REPO, 'tests', 'data', name), os.path.join(_SHARED, name)):
-    if os.path.exists(path):
-      return np.load(path)
-  raise FileNotFoundError(f'golden fixture {name} is neither in tests/data nor in {_SHARED}')
 
 
 def _euclidean64(a, b):
@@ -29,7 +18,7 @@ def _euclidean64(a, b):
 
 @pytest.fixture(scope='module')
 def golden():
-  g = dict(_golden('golden_public_seed0.npz'))
+  g = dict(conftest.golden('golden_public_seed0.npz'))
   for tag, (q, gal) in {'': ('qf', 'gf'), '_l2': ('qf_l2', 'gf_l2')}.items():
     g['qq_dist' + tag] = _euclidean64(g[q], g[q])
     g['gg_dist' + tag] = _euclidean64(g[gal], g[gal])
@@ -38,7 +27,7 @@ def golden():
 
 @pytest.fixture(scope='module')
 def extra():
-  return _golden('golden_public_seed0_extra.npz')
+  return conftest.golden('golden_public_seed0_extra.npz')
 
 
 # The four re-ranking variants of the golden file: (q_g, q_q, g_g) as passed to the reference.
