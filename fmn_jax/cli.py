@@ -6,13 +6,13 @@ absl's and ml_collections' tracebacks.
 """
 
 import importlib.util
-import json
 import os
 import sys
-import time
 
 from absl import flags
 import ml_collections
+
+from fmn_jax import reporting
 
 FLAGS = flags.FLAGS
 # The run stopped by itself (bad config or input, non-finite loss): the same command would stop
@@ -99,24 +99,11 @@ def _rank() -> int:
   return 0
 
 
-def append_error(workdir: str, message: str, stage: str = 'setup', step: int = 0) -> None:
-  """Appends {'kind': 'error', 'stage', 'step', 'time', 'message'} to DIR/log.jsonl when the
-  workdir exists (a run refused before it created its workdir leaves nothing behind). Imports no
-  JAX: the caller decides which process writes."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if not os.path.isdir(workdir):
-    return
-  record = {'kind': 'error', 'stage': stage, 'step': int(step), 'time': time.time(),
-            'message': message}
-  with open(os.path.join(workdir, 'log.jsonl'), 'a', encoding='utf-8') as f:
-    f.write(json.dumps(record, sort_keys=True) + '\n')
-
-
 def log_error(workdir, message: str) -> None:
-  """`append_error` for a flag error, on process 0 only (as far as the launcher's rank variable
-  tells: flags are parsed before jax.distributed is initialised)."""
+  """`reporting.append_error` for a flag error, on process 0 only (as far as the launcher's
+  rank variable tells: flags are parsed before jax.distributed is initialised)."""
   if workdir and _rank() == 0:
-    append_error(workdir, message)
+    reporting.append_error(workdir, message)
 
 
 def _stop(argv, message: str) -> None:

@@ -10,7 +10,6 @@ encoding (Zhong et al. 2017). Each row is `metrics.ranking_summary` (percent): r
 mAP (standard AP), mAP_trapezoid (the official MATLAB code's AP) and mINP.
 """
 
-import json
 import os
 import sys
 import time
@@ -23,9 +22,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from fmn_jax import config as config_lib
 from fmn_jax import features
 from fmn_jax import parallel
 from fmn_jax import reporting
+from fmn_jax import workdir as workdir_lib
+from fmn_jax.data import loading
 
 
 def evaluate_features(qf: dict, gf: dict, query, gallery, config: ml_collections.ConfigDict,
@@ -97,14 +99,12 @@ def _summary(summary: dict) -> dict:
 def evaluate_model(model, variables: Any, config: ml_collections.ConfigDict, dataset, *,
                    mesh=None, rerank: Optional[bool] = None) -> dict:
   """Extracts query and gallery features with `model` and evaluates them (see module doc)."""
-  # pylint: disable=g-import-not-at-top
-  from fmn_jax import train
   mesh = parallel.create_mesh() if mesh is None else mesh
   variables = parallel.replicate_tree(variables, mesh)
   out = {}
   for name in ('query', 'gallery'):
     split = getattr(dataset, name)
-    images = train.decode(config, split)
+    images = loading.decode(config, split)
     t0 = time.time()
     out[name] = features.compute_descriptors(model, variables, images, config, mesh=mesh,
                                              desc=f'{name} features')
@@ -120,38 +120,30 @@ def reevaluate(workdir: str, rerank: Optional[bool] = None, dataset_root: Option
   `allow_unfinished`: evaluate the latest stage-2 checkpoint even when stage 2 was stopped before
   its last step (otherwise a ValueError); results.json then records the step in `fmn_step`.
   """
-  # pylint: disable=g-import-not-at-top
-  from fmn_jax import train
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  model, variables, config = train.restore_model(workdir, allow_unfinished=allow_unfinished)
+  model, variables, config = workdir_lib.restore_model(workdir, allow_unfinished=allow_unfinished)
   with config.unlocked():
     if dataset_root:
       config.dataset.root = dataset_root
     if batch_size:
       config.eval.batch_size = int(batch_size)
-  dataset = train.load_reid_dataset(config, workdir)
+  dataset = loading.load_reid_dataset(config, workdir)
   mesh = parallel.create_mesh()
   t0 = time.time()
   results = evaluate_model(model, variables, config, dataset, mesh=mesh, rerank=rerank)
   seconds = time.time() - t0
   path = os.path.join(workdir, 'results.json')
-  previous = {}
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      previous = json.load(f)
+  previous = workdir_lib.read_json(path)
   merged = {k: v for k, v in previous.items() if k not in reporting.METHODS}
   merged.update(merge_rows(previous, results))
   merged.setdefault('stage_seconds', {})['eval'] = seconds
-  merged['fmn_step'] = train.fmn_step(workdir)
+  merged['fmn_step'] = workdir_lib.fmn_progress(workdir)
   merged.update({'num_train_ids': dataset.num_classes, 'num_query': len(dataset.query),
                  'num_gallery': len(dataset.gallery), 'jax_version': jax.__version__,
-                 'devices': train.devices_summary()})
-  merged.setdefault('config', train.config_to_dict(config))
+                 'devices': workdir_lib.devices_summary()})
+  merged.setdefault('config', config_lib.config_to_dict(config))
   if parallel.is_main_process():
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(merged, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    workdir_lib.write_json(path, merged)
   return merged
 
 

@@ -231,3 +231,18 @@ def format_results_table(results: Mapping[str, Any], methods: Sequence[str] = ME
   for m in rows:
     lines.append(m.ljust(width) + ''.join(f'{results[m][c]:10.2f}' for c in columns))
   return '\n'.join(lines)
+
+
+def append_error(workdir: str, message: str, stage: str = 'setup', step: int = 0) -> None:
+  """Appends {'kind': 'error', 'stage', 'step', 'time', 'message'} to DIR/log.jsonl when the
+  workdir exists (a run refused before it created its workdir leaves nothing behind).
+
+  Every stop of a run is recorded so; the caller decides which process writes.
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if not os.path.isdir(workdir):
+    return
+  record = {'kind': 'error', 'stage': stage, 'step': int(step), 'time': time.time(),
+            'message': message}
+  with open(os.path.join(workdir, 'log.jsonl'), 'a', encoding='utf-8') as f:
+    f.write(json.dumps(record, sort_keys=True) + '\n')

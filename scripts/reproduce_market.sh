@@ -39,8 +39,8 @@ common=(--config="$HERE/configs/market.py" --config.dataset.root="$ROOT"
 grn_args=$(printf '%s\n' "${common[@]}")
 if [ "$(cat "$WORK/grn/reproduce.args" 2>/dev/null)" = "$grn_args" ] && "$PY" -c '
 import sys
-from fmn_jax import train
-latest, total = train.stage_progress(sys.argv[1], "grn")
+from fmn_jax import workdir
+latest, total = workdir.stage_progress(sys.argv[1], "grn")
 sys.exit(0 if latest is not None and latest == total else 1)' "$WORK/grn" 2>/dev/null; then
   echo "stage 1 finished before in $WORK/grn"
 else

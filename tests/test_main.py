@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from fmn_jax import cli
+from fmn_jax import config as config_lib
 from fmn_jax import main
 from fmn_jax import reporting
 
@@ -209,13 +210,12 @@ def test_run_log_jsonl_and_tensorboard(tmp_path):
                                   'cuhk03_detected.py', 'msmt17.py', 'folder.py', 'demo.py',
                                   'demo.py:ci'])
 def test_every_config_loads_and_validates(spec):
-  from fmn_jax import train  # pylint: disable=g-import-not-at-top
   config = cli.load_config_file(os.path.join(REPO, 'configs', spec))
   if spec == 'folder.py':
     with pytest.raises(ValueError, match='config.dataset.root'):
-      train.validate_config(config)
+      config_lib.validate_config(config)
     config.dataset.root = '/data/mine'
-  train.validate_config(config)
+  config_lib.validate_config(config)
   if spec == 'market.py':
     assert (config.grn.lr, config.grn.lr_head, config.grn.decay_epochs) == (0.01, 0.1, (20,))
     assert (config.fmn.decay_epochs, config.fmn.momentum) == ((35,), 0.9)

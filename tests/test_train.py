@@ -20,9 +20,15 @@ import pytest
 
 from fmn_jax import checkpoints
 from fmn_jax import cli
+from fmn_jax import config as config_lib
+from fmn_jax import initialization
+from fmn_jax import models
 from fmn_jax import parallel
 from fmn_jax import reporting
+from fmn_jax import stages
 from fmn_jax import train
+from fmn_jax import workdir as workdir_lib
+from fmn_jax.data import loading
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, 'configs', 'demo.py')
@@ -46,8 +52,8 @@ def config(demo_market_root):
 def tiny():
   """(config, model, variables) of a tiny FMN with 7 classes, shared by the tests below."""
   c = _load_demo_config('ci')
-  model = train.create_model(c, 7)
-  return c, model, train.init_variables(model, c)
+  model = models.create_fmn(c.model, 7)
+  return c, model, initialization.init_variables(model, c)
 
 
 def _leaves_with_paths(tree):
@@ -74,7 +80,7 @@ def test_validate_config_names_key_and_value(config, key, value):
   node = config[section] if section else config
   node[name] = value
   with pytest.raises(ValueError) as e:
-    train.validate_config(config)
+    config_lib.validate_config(config)
   message = str(e.value)
   assert f'config.{key}' in message and repr(value) in message, message
 
@@ -87,23 +93,23 @@ def test_batch_size_must_split_over_devices():
 
 
 def test_parse_stages():
-  assert train.parse_stages('eval, grn') == ('grn', 'eval')
+  assert config_lib.parse_stages('eval, grn') == ('grn', 'eval')
   with pytest.raises(ValueError, match="'grn,fnm'"):
-    train.parse_stages('grn,fnm')
+    config_lib.parse_stages('grn,fnm')
 
 
 def test_tfds_dir_needs_no_dataset_root(config):
   config.dataset.root = ''
   with pytest.raises(ValueError, match='config.dataset.root is empty.*config.dataset.tfds_dir'):
-    train.validate_config(config)
+    config_lib.validate_config(config)
   config.dataset.tfds_dir = '/data/tfds'
-  train.validate_config(config)
+  config_lib.validate_config(config)
 
 
 def test_folder_dataset_without_root_names_no_doubled_word(config):
   config.dataset.name, config.dataset.root = 'folder', ''
   with pytest.raises(ValueError, match='give your dataset folder with'):
-    train.validate_config(config)
+    config_lib.validate_config(config)
 
 
 def test_synthetic_root_of_another_synthetic_dataset_is_refused(tmp_path):
@@ -114,10 +120,10 @@ def test_synthetic_root_of_another_synthetic_dataset_is_refused(tmp_path):
   c.dataset.synthetic.update(sizes)
   root = str(tmp_path / 'data')
   synthetic.generate(root, seed=c.seed, **sizes)
-  assert len(train.load_reid_dataset(c, str(tmp_path)).query) > 0   # the same one: read
+  assert len(loading.load_reid_dataset(c, str(tmp_path)).query) > 0   # the same one: read
   c.seed += 1
   with pytest.raises(ValueError, match=f'{root}.*seed'):
-    train.load_reid_dataset(c, str(tmp_path))
+    loading.load_reid_dataset(c, str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,7 +169,7 @@ def test_run_of_another_config_is_refused_and_changes_nothing(tiny_run, tmp_path
   section, name = key.split('.')
   c[section][name] = value
   before = _snapshot(workdir)
-  monkeypatch.setattr(train, 'decode', lambda *a: pytest.fail('decoded images'))
+  monkeypatch.setattr(loading, 'decode', lambda *a: pytest.fail('decoded images'))
   with pytest.raises(ValueError) as e:
     train.train_and_evaluate(c, workdir)
   message = str(e.value)
@@ -180,22 +186,22 @@ def test_workdir_check_allows_what_keeps_the_checkpoints(tiny_run, tmp_path):
   # (scripts/reproduce_market.sh): the GRN does not depend on the mask layer.
   workdir, c = _copy_run(tiny_run, tmp_path / 'fresh', only_grn=True)
   c.model.mask_layer, c.stages = 'res4', 'fmn,eval'
-  dataset = train.load_reid_dataset(c, workdir)
-  assert train.check_workdir(c, workdir, dataset, ('fmn', 'eval')) == {
+  dataset = loading.load_reid_dataset(c, workdir)
+  assert workdir_lib.check_workdir(c, workdir, dataset, ('fmn', 'eval')) == {
       'grn': 9, 'fmn': None}
   # Keys outside the checkpoints' arrays may change on a finished run.
   workdir, c = _copy_run(tiny_run, tmp_path / 'done')
   c.eval.rerank, c.eval.k1, c.checkpoint.every_steps, c.log_every_steps = False, 5, 1, 1
   c.grn.lr, c.model.dtype = 0.5, 'bfloat16'
-  assert train.check_workdir(c, workdir, dataset, ('eval',)) == {'grn': 9, 'fmn': 9}
+  assert workdir_lib.check_workdir(c, workdir, dataset, ('eval',)) == {'grn': 9, 'fmn': 9}
 
 
 def test_restore_of_another_model_is_a_one_line_error(tiny_run, monkeypatch):
   c = _load_demo_config('ci')
   c.model.mask_layer = 'res4'
   repl = parallel.replicated(parallel.create_mesh())
-  abstract = train._with_sharding(  # pylint: disable=protected-access
-      train.abstract_fmn_state(train.create_model(c, 10), c, 1), repl)
+  abstract = workdir_lib.with_sharding(
+      workdir_lib.abstract_state('fmn', models.create_fmn(c.model, 10), c, 1), repl)
   reader = checkpoints.StageCheckpoints(
       checkpoints.stage_dir(tiny_run['workdir'], 'fmn'), read_only=True)
   try:
@@ -216,7 +222,7 @@ def test_bad_imagenet_weights_stop_before_any_image_is_decoded(config, tmp_path,
   bad = tmp_path / 'trunc.npz'
   bad.write_bytes(b'PK\x03\x04' + b'\x00' * 64)
   config.model.pretrained = str(bad)
-  monkeypatch.setattr(train, 'decode', lambda *a: pytest.fail('decoded images'))
+  monkeypatch.setattr(loading, 'decode', lambda *a: pytest.fail('decoded images'))
   with pytest.raises(ValueError, match=f"config.model.pretrained='{bad}': .*trunc.npz"):
     train.train_and_evaluate(config, str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()   # refused before it started: nothing created
@@ -234,7 +240,7 @@ def test_weights_of_another_network_are_named_before_any_image_is_decoded(config
   weights = tmp_path / 'resnet50_w4.npz'
   np.savez(weights, **arrays)
   config.model.pretrained = str(weights)
-  monkeypatch.setattr(train, 'decode', lambda *a: pytest.fail('decoded images'))
+  monkeypatch.setattr(loading, 'decode', lambda *a: pytest.fail('decoded images'))
   with pytest.raises(ValueError, match=f"config.model.pretrained='{weights}' \\({weights}\\): "
                      'cannot initialise the FMN'):
     train.train_and_evaluate(config, str(tmp_path / 'w'))
@@ -277,33 +283,33 @@ def test_bad_gallery_image_stops_before_training(config, demo_market_root, tmp_p
 
 def test_lr_schedule_steps_at_epoch_boundaries():
   c = ml_collections.ConfigDict(dict(decay_epochs=(2, 3), decay_factor=0.1))
-  sched = train.lr_schedule(c, steps_per_epoch=5, base_lr=0.1)
+  sched = stages.lr_schedule(c, steps_per_epoch=5, base_lr=0.1)
   got = [float(sched(s)) for s in (0, 9, 10, 14, 15, 100)]
   np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
   c.warmup_epochs = 1
-  sched = train.lr_schedule(c, steps_per_epoch=5, base_lr=0.1)
+  sched = stages.lr_schedule(c, steps_per_epoch=5, base_lr=0.1)
   got = [float(sched(s)) for s in (0, 4, 5, 9, 10, 15)]
   np.testing.assert_allclose(got, [0.01, 0.082, 0.1, 0.1, 0.01, 0.001], rtol=1e-5)
 
 
 def test_param_labels(tiny):
   _, _, variables = tiny
-  grn_labels = dict(_leaves_with_paths(train.param_labels(variables['params']['grn'])))
+  grn_labels = dict(_leaves_with_paths(stages.param_labels(variables['params']['grn'])))
   assert grn_labels["['fc']['kernel']"] == 'head' and grn_labels["['fc']['bias']"] == 'head'
   assert grn_labels["['stem']['conv1']['kernel']"] == 'backbone'
   stage2 = {k: v for k, v in variables['params'].items() if k != 'grn'}
-  labels = dict(_leaves_with_paths(train.param_labels(stage2)))
+  labels = dict(_leaves_with_paths(stages.param_labels(stage2)))
   assert all(v == 'head' for k, v in labels.items() if k.startswith("['mn']"))
   assert labels["['lan']['fc']['kernel']"] == 'head'
   assert labels["['lan']['res2']['block0']['conv1']['kernel']"] == 'backbone'
 
 
 def test_stage2_optimizer_has_no_grn_state(tiny):
-  config, _, variables = tiny
+  config, model, variables = tiny
   config = config.copy_and_resolve_references()
   config.fmn.lr_head = 0.5
-  tx = train.make_optimizer(config.fmn, steps_per_epoch=3)
-  state = train.fmn_state(variables, tx)
+  tx = stages.make_optimizer(config.fmn, steps_per_epoch=3)
+  state = stages.fmn_state(model, variables, tx)
   assert set(state.params) == {'mn', 'lan'} and set(state.batch_stats) == {'lan'}
   opt_paths = [p for p, _ in _leaves_with_paths(state.opt_state)]
   assert opt_paths and not any("'grn'" in p for p in opt_paths)
@@ -319,7 +325,7 @@ def test_stage2_optimizer_has_no_grn_state(tiny):
 
 def test_stage2_gradients_of_grn_are_zero(tiny):
   _, model, variables = tiny
-  loss_fn = train.fmn_loss_fn(model, margin=0.3, rank_weight=1.0)
+  loss_fn = stages.fmn_loss_fn(model, margin=0.3, rank_weight=1.0)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(4, 64, 32, 3)).astype(np.float32) * 50)
   y = jnp.asarray([0, 1, 2, 3])
@@ -340,12 +346,13 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(demo_market_r
   c.model.dtype = 'bfloat16'
   c.grn.lr_head = 0.1
   mesh = parallel.create_mesh()
-  dataset = train.load_reid_dataset(c, '/nonexistent')
-  model = train.create_model(c, dataset.num_classes)
-  images = train.load_train_images(c, dataset.train, mesh)
-  tx = train.make_optimizer(c.grn, 4)
-  state = parallel.replicate_tree(train.grn_state(train.init_variables(model, c), tx), mesh)
-  step_fn = train.make_train_step('grn', model, tx, c, mesh)
+  dataset = loading.load_reid_dataset(c, '/nonexistent')
+  model = models.create_fmn(c.model, dataset.num_classes)
+  images = loading.load_train_images(c, dataset.train, mesh)
+  tx = stages.make_optimizer(c.grn, 4)
+  state = parallel.replicate_tree(
+      stages.grn_state(model, initialization.init_variables(model, c), tx), mesh)
+  step_fn = stages.make_train_step('grn', model, c, mesh)
   key = parallel.global_array(np.asarray(jax.random.PRNGKey(0)), parallel.replicated(mesh))
   batch = images.batch(np.arange(16))
   state, _, (loss, finite) = step_fn(state, batch, key)
@@ -374,7 +381,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(config, tmp_pat
     config.grn.epochs = 3
     config.grn.lr = 1e30
     config.checkpoint.every_steps = 1
-  with pytest.raises(train.NonFiniteLossError) as e:
+  with pytest.raises(stages.NonFiniteLossError) as e:
     train.train_and_evaluate(config, workdir)
   message, bad_step = str(e.value), e.value.step
   assert 3 <= bad_step < 9
@@ -383,8 +390,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(config, tmp_pat
   kept = reader.latest_step()
   assert 3 <= kept <= bad_step
   assert f'last good checkpoint is step {kept}' in message, message
-  abstract = train._with_sharding(  # pylint: disable=protected-access
-      train.abstract_grn_state(train.create_model(config, 12), config, 1),
+  abstract = workdir_lib.with_sharding(
+      workdir_lib.abstract_state('grn', models.create_fmn(config.model, 12), config, 1),
       parallel.replicated(parallel.create_mesh()))
   state = reader.restore(abstract)
   reader.close()
@@ -452,8 +459,8 @@ def test_kill_and_resume_is_bit_identical(tiny_run, tmp_path):
   # The stopped run's model is refused by the tools unless asked for.
   with pytest.raises(ValueError, match=rf'at step {resume_step} of {step_full}: stage 2 was '
                      r'stopped.*--allow_unfinished'):
-    train.restore_model(killed)
-  _, unfinished, _ = train.restore_model(killed, allow_unfinished=True)
+    workdir_lib.restore_model(killed)
+  _, unfinished, _ = workdir_lib.restore_model(killed, allow_unfinished=True)
   assert unfinished['params']['lan']['fc']['kernel'].ndim == 2
 
   result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -489,7 +496,7 @@ _DEVICE_SCRIPT = textwrap.dedent('''
     from tests.test_train import run_steps
     one, one_losses = run_steps({root!r}, num_devices=1)
     four, four_losses = run_steps({root!r}, num_devices=4)
-    host, host_losses = run_steps({root!r}, num_devices=4, on_device=False, stages=('grn',))
+    host, host_losses = run_steps({root!r}, num_devices=4, on_device=False, which=('grn',))
     np.savez({out!r}, **{{'1' + k: v for k, v in one.items()}},
              **{{'4' + k: v for k, v in four.items()}}, **{{'h' + k: v for k, v in host.items()}})
     print(json.dumps({{'devices': jax.device_count(), 'one': one_losses, 'four': four_losses,
@@ -498,26 +505,27 @@ _DEVICE_SCRIPT = textwrap.dedent('''
 
 
 def run_steps(root: str, steps: int = 3, num_devices=None, on_device=True,
-              stages=('grn', 'fmn')) -> tuple:
+              which=('grn', 'fmn')) -> tuple:
   """A few stage-1 then stage-2 steps on the first `num_devices` devices: (flat params, losses)."""
   c = _load_demo_config('ci')
   c.dataset.name, c.dataset.root = 'market1501', root
   c.progress = False
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
   mesh = jax.sharding.Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
-  dataset = train.load_reid_dataset(c, '/nonexistent')
-  model = train.create_model(c, dataset.num_classes)
-  variables = train.init_variables(model, c)
-  images = train.TrainImages(train.decode(c, dataset.train), dataset.train.labels, mesh, on_device)
+  dataset = loading.load_reid_dataset(c, '/nonexistent')
+  model = models.create_fmn(c.model, dataset.num_classes)
+  variables = initialization.init_variables(model, c)
+  images = loading.TrainImages(loading.decode(c, dataset.train), dataset.train.labels, mesh,
+                               on_device)
   key = parallel.global_array(np.asarray(jax.random.PRNGKey(0)), parallel.replicated(mesh))
   losses, results = [], {}
-  for stage in stages:
-    sampler = train.make_sampler(stage, c, dataset.train)
-    tx = train.make_optimizer(c[stage], sampler.steps_per_epoch)
-    state = (train.grn_state(variables, tx) if stage == 'grn'
-             else train.fmn_state(variables, tx))
+  for stage in which:
+    sampler = stages.make_sampler(stage, c, dataset.train)
+    tx = stages.make_optimizer(c[stage], sampler.steps_per_epoch)
+    state = (stages.grn_state(model, variables, tx) if stage == 'grn'
+             else stages.fmn_state(model, variables, tx))
     state = parallel.replicate_tree(state, mesh)
-    step_fn = train.make_train_step(stage, model, tx, c, mesh, on_device)
+    step_fn = stages.make_train_step(stage, model, c, mesh, on_device)
     for s in range(steps):
       state, _, (loss, _) = step_fn(state, images.batch(sampler.indices(s)), key)
       losses.append(float(loss))
@@ -600,7 +608,7 @@ def test_two_processes_train_one_run_and_refuse_alike(tmp_path):
   records = reporting.read_jsonl(str(workdir / 'log.jsonl'))   # written by process 0 only
   assert [r['stage'] for r in records if r['kind'] == 'stage_end'] == ['grn', 'fmn']
   for stage in ('grn', 'fmn'):
-    latest, total = train.stage_progress(str(workdir), stage)
+    latest, total = workdir_lib.stage_progress(str(workdir), stage)
     assert latest == total and total > 0, (stage, latest, total)
   lines = _two_processes(tmp_path / 'w2', root, delay=0, seed=1)
   assert all(l.startswith('STOPPED: ') and 'holds another synthetic dataset' in l

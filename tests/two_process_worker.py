@@ -29,6 +29,7 @@ def main():
   from fmn_jax import cli
   from fmn_jax import reporting
   from fmn_jax import train
+  from fmn_jax.data import loading
   reporting.quiet_library_logs()
   config = cli.load_config_file(os.path.join(REPO, 'configs', 'demo.py') + ':ci')
   config.dataset.root = root
@@ -36,12 +37,12 @@ def main():
   if seed is not None:
     config.seed = seed
   if pid == 1 and delay:
-    load = train.load_reid_dataset
+    load = loading.load_reid_dataset
 
     def slow(*args, **kwargs):
       time.sleep(delay)
       return load(*args, **kwargs)
-    train.load_reid_dataset = slow
+    loading.load_reid_dataset = slow
   try:
     train.train_and_evaluate(config, workdir)
   except train.STOP_ERRORS as e:
