@@ -50,8 +50,8 @@ def _check_positive(key: str, value: Any, allow_zero: bool = False) -> None:
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
       value >= 0 if allow_zero else value > 0)
   if not ok:
-    raise ValueError(f'config.{key}={value!r} must be a {"non-negative" if allow_zero else "positive"}'
-                     ' number')
+    sign = 'non-negative' if allow_zero else 'positive'
+    raise ValueError(f'config.{key}={value!r} must be a {sign} number')
 
 
 def _check_pair(key: str, value: Any) -> None:

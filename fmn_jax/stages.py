@@ -226,9 +226,9 @@ def make_train_step(stage: str, model: models.FMN, config: ml_collections.Config
 
   The optimizer is the state's own (`TrainState.tx`, see `grn_state` / `fmn_state`).
 
-  `batch` is `data.loading.TrainImages.batch(idx)`: with on_device, (images [N, H, W, 3] uint8 and labels [N]
-  of the whole split, replicated; idx [B] sharded over 'data'), else (uint8 batch [B, H, W, 3],
-  labels [B]), sharded over 'data'. `key` is the stage's base PRNG key, folded with the step
+  `batch` is `data.loading.TrainImages.batch(idx)`: with on_device, (images [N, H, W, 3] uint8
+  and labels [N] of the whole split, replicated; idx [B] sharded over 'data'), else (uint8 batch
+  [B, H, W, 3], labels [B]), sharded over 'data'. `key` is the stage's base PRNG key, folded with the step
   number for augmentation.
   """
   augment = _augment_fn(config)

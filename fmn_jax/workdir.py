@@ -197,6 +197,21 @@ def latest_step(workdir: str, stage: str) -> Optional[int]:
     ckpt.close()
 
 
+def _what_differs(stage: str, saved: dict, difference: str, saved_config: dict, saved_run: dict,
+                  config: ml_collections.ConfigDict, num_classes: int, workdir: str) -> str:
+  """Why a stage's checkpoint does not fit `config`: the config keys that differ from the run
+  that wrote it when DIR/config.json tells, else the arrays that differ."""
+  changes = (_keys_that_change(stage, saved, saved_config, saved_run.get('num_classes'), config,
+                               num_classes) if saved_config else None)
+  if changes:
+    return 'the run that wrote them differs in ' + ', '.join(changes)
+  if changes is not None:
+    return difference
+  if saved_config:
+    return f'{os.path.join(workdir, "config.json")} does not describe them either: ' + difference
+  return f'no config.json of the run that wrote them: {difference}'
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str, dataset: data.ReidDataset,
                   run_stages: tuple) -> dict:
   """Refuses a run whose config does not fit the checkpoints already in `workdir`.
@@ -237,18 +252,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, dataset: data
       difference = checkpoints.signature_difference(
           saved, _stage_signature(stage, config, dataset.num_classes))
       if difference:
-        saved_classes = saved_run.get('num_classes')
-        changes = (_keys_that_change(stage, saved, saved_config, saved_classes, config,
-                                     dataset.num_classes) if saved_config else None)
-        if changes:
-          what = 'the run that wrote them differs in ' + ', '.join(changes)
-        elif changes is not None:
-          what = difference
-        elif saved_config:
-          what = (f'{os.path.join(workdir, "config.json")} does not describe them either: '
-                  + difference)
-        else:
-          what = f'no config.json of the run that wrote them: {difference}'
+        what = _what_differs(stage, saved, difference, saved_config, saved_run, config,
+                             dataset.num_classes, workdir)
         raise ValueError(
             f'--workdir={workdir} holds checkpoints of another config in {directory} (step '
             f'{latest[stage]}): {what}. Use a fresh --workdir, or the config of that run')

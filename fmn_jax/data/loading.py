@@ -90,7 +90,8 @@ def load_reid_dataset(config: ml_collections.ConfigDict, workdir: str) -> datase
   name = config.dataset.name
   if name == 'synthetic':
     # A folder with the generator's marker is handed to it as well: it reuses the same dataset
-    # and refuses another one (seed or sizes). Folders made before the marker existed are read.
+    # and refuses another one (seed or sizes). A Market-layout folder without the marker is read
+    # as it is.
     missing = not os.path.isdir(os.path.join(root, 'query'))
     if missing or os.path.exists(os.path.join(root, synthetic.MARKER)):
       syn = config.dataset.get('synthetic') or {}
@@ -156,7 +157,8 @@ class TrainImages:
     return x, parallel.global_array(self.labels[idx], self._batch_sharding)
 
 
-def load_train_images(config: ml_collections.ConfigDict, train: datasets.Split, mesh) -> TrainImages:
+def load_train_images(config: ml_collections.ConfigDict, train: datasets.Split,
+                      mesh) -> TrainImages:
   """Decodes (or reads the cache of) the training split and places it per config."""
   images = decode(config, train)
   mode = config.input.images_on_device
