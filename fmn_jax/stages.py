@@ -283,11 +283,10 @@ def _all_finite(tree: Any) -> jnp.ndarray:
 
 
 def make_sampler(stage: str, config: ml_collections.ConfigDict, train: data.Split):
-  seed = config.seed * 1000 + _STAGE_SEED_OFFSET[stage]
-  batch_size = config[stage].batch_size
-  if config.input.sampler == 'pk':
-    return data.PKSampler(np.asarray(train.labels), batch_size, config.input.num_instances, seed)
-  return data.EpochSampler(len(train), batch_size, seed, drop_last=True)
+  """The batch order of `stage` (config.input.sampler), seeded per stage."""
+  return data.make_sampler(config.input.sampler, np.asarray(train.labels),
+                           config[stage].batch_size, config.seed * 1000 + _STAGE_SEED_OFFSET[stage],
+                           num_instances=config.input.num_instances)
 
 
 def stage_key(stage: str, config: ml_collections.ConfigDict) -> np.ndarray:
