@@ -291,15 +291,15 @@ def load_features(path: str) -> Features:
 
 
 def restore(workdir: str, allow_unfinished: bool = False):
-  """``(model, variables, config)`` of a trained workdir (``train.restore_model``).
+  """``(model, variables, config)`` of a trained workdir (``workdir_lib.restore_model``).
 
   `allow_unfinished`: also take a stage-2 checkpoint before the stage's last step (a stopped run).
   """
   workdir = os.path.expanduser(workdir)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir not found: {workdir!r}')
-  from fmn_jax import train  # pylint: disable=g-import-not-at-top
-  return train.restore_model(workdir, allow_unfinished=allow_unfinished)
+  from fmn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  return workdir_lib.restore_model(workdir, allow_unfinished=allow_unfinished)
 
 
 # ----------------------------------------------------------------------------------------------

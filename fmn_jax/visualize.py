@@ -10,9 +10,8 @@ serve results computed elsewhere; `ranked_lists` and `attention_maps` compute wh
 trained workdir. Rendering uses matplotlib's Agg backend (no display needed).
 """
 
-import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -284,13 +283,13 @@ def evaluation_ranking(workdir: str, method: str = 'FMN', *, restored=None,
   # pylint: disable=g-import-not-at-top
   from fmn_jax import features
   from fmn_jax import metrics
-  from fmn_jax import train
+  from fmn_jax.data import loading
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}, got {method!r}')
   model, variables, config = restored if restored is not None else _restore(workdir)
-  dataset = train.load_reid_dataset(config, os.path.abspath(os.path.expanduser(workdir)))
-  q_imgs = train.decode(config, dataset.query)
-  g_imgs = train.decode(config, dataset.gallery)
+  dataset = loading.load_reid_dataset(config, os.path.abspath(os.path.expanduser(workdir)))
+  q_imgs = loading.decode(config, dataset.query)
+  g_imgs = loading.decode(config, dataset.gallery)
   # One pass over query + gallery (one compilation).
   out = features.compute_descriptors(model, variables, np.concatenate([q_imgs, g_imgs]), config,
                                      progress=progress, desc='features')
@@ -378,7 +377,7 @@ def attention_maps(model, variables, images_uint8: np.ndarray, config,
   the LAN, as in the paper's Fig. 4; the mask is MN's output at ``config.model.mask_layer``.
 
   Args:
-    model, variables, config: from ``train.restore_model``.
+    model, variables, config: from ``fmn_jax.workdir.restore_model``.
     images_uint8: uint8 [N, H, W, 3] RGB (resized to ``config.input.image_size`` as in
       evaluation).
   Returns:
@@ -435,8 +434,8 @@ def attention(workdir: str, images=None, *, num: int = 8, out: Optional[str] = N
   model, variables, config = restored if restored is not None else _restore(workdir)
   size = features.decode_size(config)
   if images is None:
-    from fmn_jax import train  # pylint: disable=g-import-not-at-top
-    dataset = train.load_reid_dataset(config, os.path.abspath(os.path.expanduser(workdir)))
+    from fmn_jax.data import loading  # pylint: disable=g-import-not-at-top
+    dataset = loading.load_reid_dataset(config, os.path.abspath(os.path.expanduser(workdir)))
     n = len(dataset.query.paths)
     pick = np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))
     paths = [dataset.query.paths[i] for i in pick]

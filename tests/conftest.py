@@ -86,5 +86,5 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
   """(model, variables, config) of `tiny_run`, restored once."""
-  from fmn_jax import train
-  return train.restore_model(tiny_run["workdir"])
+  from fmn_jax import workdir as workdir_lib
+  return workdir_lib.restore_model(tiny_run["workdir"])

@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip('tensorflow_datasets')
 
+from fmn_jax.data import loading
 from fmn_jax.data import cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fmn_jax.data import load_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
 from fmn_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -100,7 +101,6 @@ def test_read_values_labels_and_cache(built, tmp_path):
 def test_training_reads_config_dataset_tfds_dir(built, tmp_path):
   """config.dataset.tfds_dir replaces dataset.root for the trainer's splits and images."""
   from fmn_jax import cli  # pylint: disable=g-import-not-at-top
-  from fmn_jax import train  # pylint: disable=g-import-not-at-top
   root, builder_dir, base = built
   config = cli.load_config_file(os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), 'configs', 'demo.py') + ':ci')
@@ -108,18 +108,18 @@ def test_training_reads_config_dataset_tfds_dir(built, tmp_path):
   config.dataset.tfds_dir = str(base / 'tensorflow_datasets')   # the data_dir: builder found
   config.dataset.cache_size, config.dataset.cache_dir = (32, 16), str(tmp_path / 'c')
   config.progress = False
-  ds = train.load_reid_dataset(config, str(tmp_path))
+  ds = loading.load_reid_dataset(config, str(tmp_path))
   ref = load_dataset('market1501', root)
   assert ds.root == builder_dir and ds.num_classes == ref.num_classes
   for s in ('train', 'query', 'gallery'):
     split = getattr(ds, s)
-    images = train.decode(config, split)
+    images = loading.decode(config, split)
     order = np.argsort(split.paths)
     np.testing.assert_array_equal(np.asarray(images)[order],
                                   cache.decode_paths(getattr(ref, s).paths, (32, 16)))
   config.dataset.name = 'synthetic'
   with pytest.raises(ValueError, match="tfds_dir is set, but config.dataset.name='synthetic'"):
-    train.load_reid_dataset(config, str(tmp_path))
+    loading.load_reid_dataset(config, str(tmp_path))
 
 
 def test_build_cli_errors_are_one_line(tmp_path, capsys):

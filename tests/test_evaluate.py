@@ -7,11 +7,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fmn_jax import initialization
+from fmn_jax import models
 from fmn_jax import data
 from fmn_jax import evaluate
 from fmn_jax import features
 from fmn_jax import reporting
-from fmn_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,8 +30,8 @@ def _ci_config():
 @pytest.fixture(scope='module')
 def tiny():
   c = _ci_config()
-  model = train.create_model(c, 5)
-  return c, model, train.init_variables(model, c)
+  model = models.create_fmn(c.model, 5)
+  return c, model, initialization.init_variables(model, c)
 
 
 def test_descriptors_independent_of_batching_and_flip_is_eq6(tiny):

@@ -20,6 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from safetensors.numpy import save_file
 
+from fmn_jax import initialization
 from fmn_jax import models, pretrained
 
 try:
@@ -729,16 +730,15 @@ def test_weights_must_match_the_configured_layout_and_normalization(tmp_path):
                                   'normalization': 'unknown'}, 'v1', 'caffe_bgr', 'npz')
   # Through the training code, with the defaults (v1, caffe_bgr): refused before any compilation.
   from fmn_jax import cli  # pylint: disable=g-import-not-at-top
-  from fmn_jax import train  # pylint: disable=g-import-not-at-top
   config = cli.load_config_file(str(REPO / 'configs' / 'default.py'))
   config.model.width, config.model.pretrained = 8, str(path)
-  model = train.create_model(config, 3)
+  model = models.create_fmn(config.model, 3)
   with pytest.raises(ValueError, match=r"config\.model\.pretrained='.*tv\.safetensors' .*"
                      r"stride_layout 'v1\.5' and normalization 'imagenet_rgb', but the config has "
                      r"model\.stride_layout='v1', input\.normalization='caffe_bgr': set "
                      r'--config\.model\.stride_layout=v1\.5 --config\.input\.normalization='
                      r'imagenet_rgb'):
-    train.init_variables(model, config)
+    initialization.init_variables(model, config)
 
 
 def test_init_fmn_refuses_a_source_deeper_than_the_model(tiny_keras, tmp_path):

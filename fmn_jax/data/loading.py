@@ -138,6 +138,8 @@ class TrainImages:
     self.mesh, self.on_device = mesh, on_device
     self._batch_sharding = parallel.data_sharded(mesh)
     labels = np.asarray(labels, np.int32)
+    if labels.shape != (images.shape[0],):
+      raise ValueError(f'{labels.size} labels for {images.shape[0]} images')
     if on_device:
       repl = parallel.replicated(mesh)
       self.images = parallel.global_array(images, repl)
