@@ -1,17 +1,20 @@
-"""Markdown tables of the Market-1501 results beside the paper's, for the README.
+"""Markdown tables of the Market-1501 results beside the paper's, for the README and docs/.
 
     python scripts/results_tables.py                        # print every table from results/
-    python scripts/results_tables.py --write=README.md      # replace the README's marked tables
+    python scripts/results_tables.py --write                # replace the marked tables in README.md, docs/*.md
+    python scripts/results_tables.py --write=README.md      # ... in this one file only
 
 Reads what `scripts/reproduce_market.sh`, `scripts/gpu_calls.sh` and `fmn_jax.benchmark` write:
 `market_fmn.json` (Tables 1 and 2), `market_mask_{pool1,res2,res3,res4}.json` (Table 5),
 `benchmark_<device>.json` (speed against the targets, with the recipe's wall time from
 `market_fmn.json`) and `market_lr_mn_study.json` (stage 2 at several mixing-network learning
 rates; the default's row is `market_fmn.json`, with its mask statistics from the train step's
-`mask_pool1_log.jsonl` where that is in the folder too). A missing file gives a row that says so, never a number. With `--write`, each table
-replaces the lines between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->` in the file; a
-marker that is missing or unpaired stops the script with the marker named, before anything is
-written.
+`mask_pool1_log.jsonl` where that is in the folder too). A missing file gives a row that says so,
+never a number. Each table replaces the lines between `<!-- tables:NAME -->` and
+`<!-- /tables:NAME -->`. `--write` alone (or `--write=all`) scans `README.md` and `docs/*.md` under
+`--root`, where each table's block must appear exactly once among all of them; `--write=FILE` needs
+every table's block in FILE. A block that is missing, found twice or unpaired stops the script with
+its marker named, before anything is written.
 """
 
 import argparse
@@ -39,6 +42,7 @@ PAPER_MASKS = (('pool1', '56×56', 85.99, 67.12), ('res2', '56×56', 85.15, 65.8
 TARGET_STAGE1, TARGET_STAGE2 = 0.90, 0.65
 TARGET_RECIPE_MINUTES, TARGET_EVAL_SECONDS = 15.0, 10.0
 NOT_RUN = 'not yet run'
+WRITE_ALL = 'all'   # --write: every README.md and docs/*.md under --root
 STAGES = ('grn', 'fmn', 'eval')   # the keys of results.json's stage_seconds
 
 
@@ -255,11 +259,67 @@ def replace_marked(text: str, tables: Mapping[str, str], path: str) -> str:
   return text
 
 
+def doc_files(root: str) -> List[str]:
+  """README.md and docs/*.md under root (those that exist), the files `--write` alone scans."""
+  readme = os.path.normpath(os.path.join(root, 'README.md'))
+  found = [readme] if os.path.isfile(readme) else []
+  return found + sorted(os.path.normpath(p) for p in glob.glob(os.path.join(root, 'docs', '*.md')))
+
+
+def locate_blocks(texts: Mapping[str, str], names: List[str]) -> Dict[str, str]:
+  """Maps each table name to the one file of `texts` ({path: text}) that holds its block."""
+  where = {}
+  for name in names:
+    start = f'<!-- tables:{name} -->'
+    paths = [path for path, text in texts.items() if start in text]
+    counts = sum(text.count(start) for text in texts.values())
+    if counts == 0:
+      raise ResultsError(f'{start} is in none of {", ".join(texts) or "(no files)"}')
+    if counts > 1:
+      places = ', '.join(f'{p} ({texts[p].count(start)}×)' for p in paths)
+      raise ResultsError(f'{start} appears {counts} times, needs exactly one: {places}')
+    where[name] = paths[0]
+  return where
+
+
+def updated_texts(texts: Mapping[str, str], tables: Mapping[str, str],
+                  where: Mapping[str, str]) -> Dict[str, str]:
+  """The new text of every file in `where`'s values, each with its own blocks replaced."""
+  new = {}
+  for path in dict.fromkeys(where.values()):
+    own = {name: table for name, table in tables.items() if where[name] == path}
+    new[path] = replace_marked(texts[path], own, path)
+  return new
+
+
+def write_tables(target: str, root: str, tables: Mapping[str, str]) -> List[str]:
+  """Replaces the marked blocks; returns one line per file. Reads and checks all before writing."""
+  paths = doc_files(root) if target == WRITE_ALL else [target]
+  texts = {}
+  for path in paths:
+    with open(path) as f:
+      texts[path] = f.read()
+  if target == WRITE_ALL:
+    where = locate_blocks(texts, list(tables))
+  else:
+    where = {name: target for name in tables}
+  new = updated_texts(texts, tables, where)
+  for path, text in new.items():
+    if text != texts[path]:
+      with open(path, 'w') as f:
+        f.write(text)
+  return [f'{path}: {"updated" if text != texts[path] else "unchanged"} '
+          f'({", ".join(n for n in tables if where[n] == path)})' for path, text in new.items()]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--results', default='results', help='folder of the result files')
-  parser.add_argument('--write', metavar='README',
-                      help='replace the marked tables in this file instead of printing them')
+  parser.add_argument('--write', metavar='FILE', nargs='?', const=WRITE_ALL,
+                      help='replace the marked tables instead of printing them: alone or "all", '
+                      'in README.md and docs/*.md under --root; else in FILE')
+  parser.add_argument('--root', default='.',
+                      help='folder holding README.md and docs/ (for --write alone)')
   parser.add_argument('--tables', default=','.join(TABLES),
                       help=f'comma-separated subset of {",".join(TABLES)}')
   args = parser.parse_args(argv)
@@ -270,15 +330,12 @@ def main(argv: Optional[List[str]] = None) -> int:
   try:
     if not os.path.isdir(args.results):
       raise ResultsError(f'--results={args.results}: no such folder')
+    if args.write == WRITE_ALL and not os.path.isdir(args.root):
+      raise ResultsError(f'--root={args.root}: no such folder')
     tables = {name: TABLES[name](args.results) for name in names}
     if args.write:
-      with open(args.write) as f:
-        text = f.read()
-      new = replace_marked(text, tables, args.write)
-      with open(args.write, 'w') as f:
-        f.write(new)
-      print(f'{args.write}: {"updated" if new != text else "unchanged"} '
-            f'({", ".join(names)})')
+      for line in write_tables(args.write, args.root, tables):
+        print(line)
     else:
       for name, table in tables.items():
         print(f'## {name}\n\n{table}\n')

@@ -162,10 +162,78 @@ def test_unknown_table_and_missing_folder_are_named(tmp_path):
   assert proc.returncode == 2 and 'nope: no such folder' in proc.stderr
 
 
-def test_readme_tables_match_the_committed_results():
-  """The README's marked tables are what results/ says now (run the script with --write)."""
-  with open(os.path.join(REPO, 'README.md')) as f:
-    text = f.read()
+def _tree(tmp_path, readme, docs):
+  """A README.md and docs/*.md under tmp_path/tree; returns the main() arguments for --write."""
+  (tmp_path / 'results').mkdir(exist_ok=True)
+  _full_results(str(tmp_path / 'results'))
+  root = tmp_path / 'tree'
+  (root / 'docs').mkdir(parents=True)
+  (root / 'README.md').write_text(readme)
+  for name, text in docs.items():
+    (root / 'docs' / name).write_text(text)
+  return root, [f'--results={tmp_path / "results"}', f'--root={root}', '--write']
+
+
+def _block(name):
+  return f'<!-- tables:{name} -->\nold\n<!-- /tables:{name} -->\n'
+
+
+def test_write_alone_updates_each_block_in_the_file_that_holds_it(tmp_path, capsys):
+  root, args = _tree(tmp_path, '# top\n' + _block('paper') + _block('masks') + 'end\n',
+                     {'speed.md': 'speed\n' + _block('speed'), 'study.md': _block('lr_study'),
+                      'other.md': 'no tables\n'})
+  assert results_tables.main(args) == 0
+  out = capsys.readouterr().out
+  assert f'{root / "README.md"}: updated (paper, masks)' in out
+  assert f'{root / "docs" / "speed.md"}: updated (speed)' in out
+  assert 'other.md' not in out
+  readme = (root / 'README.md').read_text()
+  assert '86.50 (+0.51)' in readme and '83.50 / 65.00' in readme and 'old' not in readme
+  assert readme.startswith('# top\n') and readme.endswith('end\n')
+  assert 'meets' in (root / 'docs' / 'speed.md').read_text()
+  assert '| 1e-06 | 1.50 |' in (root / 'docs' / 'study.md').read_text()
+  assert (root / 'docs' / 'other.md').read_text() == 'no tables\n'
+  texts = {p: p.read_text() for p in root.rglob('*.md')}
+  assert results_tables.main(args[:2] + ['--write=all']) == 0
+  assert {p: p.read_text() for p in root.rglob('*.md')} == texts
+  assert 'unchanged (paper, masks)' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('readme, docs, message', [
+    (_block('paper') + _block('masks') + _block('speed'), {'a.md': _block('speed')},
+     '<!-- tables:speed --> appears 2 times, needs exactly one: '),
+    (_block('paper') + _block('masks') + _block('masks') + _block('speed'), {},
+     '<!-- tables:masks --> appears 2 times'),
+    (_block('paper') + _block('masks'), {'a.md': _block('speed')},
+     '<!-- tables:lr_study --> is in none of '),
+    (_block('paper') + _block('masks') + _block('speed'), {'a.md': '<!-- tables:lr_study -->\n'},
+     'a.md: needs exactly one <!-- tables:lr_study --> followed by one <!-- /tables:lr_study -->'),
+])
+def test_write_alone_refuses_a_block_found_twice_or_not_at_all_and_writes_nothing(
+    tmp_path, capsys, readme, docs, message):
+  root, args = _tree(tmp_path, readme, docs)
+  texts = {p: p.read_text() for p in root.rglob('*.md')}
+  assert results_tables.main(args) == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1
+  assert {p: p.read_text() for p in root.rglob('*.md')} == texts
+
+
+def test_write_alone_with_a_subset_of_tables_needs_only_those(tmp_path):
+  root, args = _tree(tmp_path, _block('paper'), {})
+  assert results_tables.main(args + ['--tables=paper']) == 0
+  assert '86.50 (+0.51)' in (root / 'README.md').read_text()
+  assert results_tables.main(args[:1] + [f'--root={tmp_path / "nope"}', '--write']) == 2
+
+
+def test_readme_and_docs_tables_match_the_committed_results():
+  """The marked tables of README.md and docs/*.md are what results/ says now (run --write)."""
+  texts = {}
+  for path in results_tables.doc_files(REPO):
+    with open(path) as f:
+      texts[path] = f.read()
   tables = {name: fn(os.path.join(REPO, 'results')) for name, fn in results_tables.TABLES.items()}
-  assert results_tables.replace_marked(text, tables, 'README.md') == text
-  assert len(re.findall(r'<!-- tables:\w+ -->', text)) == len(results_tables.TABLES)
+  where = results_tables.locate_blocks(texts, list(tables))
+  assert results_tables.updated_texts(texts, tables, where) == {p: texts[p] for p in where.values()}
+  markers = [m for text in texts.values() for m in re.findall(r'<!-- tables:(\w+) -->', text)]
+  assert sorted(markers) == sorted(results_tables.TABLES)
