@@ -14,7 +14,7 @@ def _stage_config(epochs: int, decay_epoch: int) -> ml_collections.ConfigDict:
   """The optimizer keys both training stages have (SGD with momentum 0.9 and one lr step)."""
   stage = ml_collections.ConfigDict()
   stage.epochs = epochs
-  # Not in the paper: 64 as in the measured fine-tune recipe (README, "Reproducing the paper").
+  # Not in the paper: 64 as in the measured fine-tune recipe (docs/reproducing.md).
   stage.batch_size = 64
   # Paper: lr 0.1, x0.1 after `decay_epoch`, SGD momentum 0.9.
   stage.lr = 0.1
@@ -31,7 +31,7 @@ def _stage_config(epochs: int, decay_epoch: int) -> ml_collections.ConfigDict:
   # Linear warm-up from lr/10 (not in the paper: 0).
   stage.warmup_epochs = 0.0
   # Not in the paper: 5e-4, the usual value for ResNet-50 re-id fine-tuning (and the measured
-  # recipe in the README). Applied to kernels only (conv and dense weights), not to biases or
+  # recipe in docs/reproducing.md). Applied to kernels only (conv and dense weights), not to biases or
   # BatchNorm scale/offset.
   stage.weight_decay = 5e-4
   return stage
@@ -98,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.alpha = 0.5
   # Not in the paper: the mixing network sees g / |g| instead of g, so that its step on the mask
   # does not scale with |g|^2, which varies several-fold between images (fmn_jax.models.
-  # MixingNetwork; README, "The mixing network's input and learning rate").
+  # MixingNetwork; docs/mask_study.md).
   config.model.mn_normalize_input = True
   # 'bfloat16' compute with float32 parameters and optimizer state, or 'float32'.
   config.model.dtype = 'bfloat16'
@@ -117,7 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Learning rate of the mixing network alone; None = lr_head (or lr). With the raw g as its
   # input (model.mn_normalize_input=False) its step on the mask grows with |g|^2, about 1,200 on
   # average for the ImageNet ResNet-50 and up to 20 times that for single images: such runs need
-  # about 1e-4 here (README, "The mixing network's input and learning rate").
+  # about 1e-4 here (docs/mask_study.md).
   config.fmn.lr_mn = ml_collections.config_dict.placeholder(float)
   # Not in the paper: margin m of Eq. 5 on probabilities of the true class (range [0, 1]).
   config.fmn.margin = 0.1

@@ -7,10 +7,10 @@ Learning rate: the paper trains with lr 0.1 (x0.1 after 20 epochs for the GRN, a
 LAN). That is a MatConvNet figure; applied unchanged to every layer of a pretrained ResNet-50 with a
 mean-reduced loss it is too large for the backbone. This config keeps 0.1 and the paper's steps
 for the NEW identity classifiers (`lr_head`) and uses 0.01 for the pretrained layers (`lr`), the
-split of a measured plain fine-tune recipe (README, "Reproducing the paper"; GRN alone: rank-1
+split of a measured plain fine-tune recipe (docs/reproducing.md; GRN alone: rank-1
 81.7, mAP 61.9 on Market). The mixing network is a new layer too (lr 0.1); it sees g / |g|
 rather than g (`model.mn_normalize_input`), so that its step on the mask does not grow with |g|^2
-(README, "The mixing network's input and learning rate"). `--config=configs/market.py:paper` is
+(docs/mask_study.md). `--config=configs/market.py:paper` is
 the paper read literally: lr 0.1 for every layer and the raw g.
 """
 

@@ -34,8 +34,8 @@
 # lr_study 17-20 min: the last two do not both fit one session.
 # Training runs save a checkpoint every CKPT_STEPS steps (404 = 2 epochs), so a call cut at the
 # deadline loses at most that much.
-# Then copy the JSON files and mask_pool1_log.jsonl into results/ here, fill the README's tables with
-# `python scripts/results_tables.py --write=README.md`, and commit them.
+# Then copy the JSON files and mask_pool1_log.jsonl into results/ here, fill the tables of README.md and docs/ with
+# `python scripts/results_tables.py --write`, and commit them.
 # Env: DATA (/tmp/data), SITE (/tmp/site), WORK (/tmp/work), DEVDATA (.devdata), DEADLINE (575 s),
 # EXTRA (config overrides for every training run, space separated, e.g. for a CPU dry run on a
 # subset), CACHE_SIZE (224,224: the decoded size setup prepares), BENCH_ARGS (--what=all),

@@ -5,7 +5,7 @@
 Copies, by sorted file name: every image of the first `--train_ids` training identities; every
 query and gallery image of the first `--test_ids` query identities; the first `--distractors`
 gallery distractors (identity 0000) and the first `--junk` junk images (identity -1). The defaults
-give the subset of the README's CPU checks: 365 training images of 24 identities, 83 queries,
+give the subset of the CPU checks in docs/reproducing.md: 365 training images of 24 identities, 83 queries,
 465 gallery images.
 """
 
