@@ -1,8 +1,8 @@
-"""Markdown tables of the Market-1501 results beside the paper's, for the README and docs/.
+"""Markdown tables of the Market-1501 results beside the paper's, for README.md and docs/.
 
-    python scripts/results_tables.py                        # print every table from results/
-    python scripts/results_tables.py --write                # replace the marked tables in README.md, docs/*.md
-    python scripts/results_tables.py --write=README.md      # ... in this one file only
+    python scripts/results_tables.py                     # print every table from results/
+    python scripts/results_tables.py --write             # update every marked block (= --write=all)
+    python scripts/results_tables.py --write=README.md   # update the marked blocks of one file
 
 Reads what `scripts/reproduce_market.sh`, `scripts/gpu_calls.sh` and `fmn_jax.benchmark` write:
 `market_fmn.json` (Tables 1 and 2), `market_mask_{pool1,res2,res3,res4}.json` (Table 5),
@@ -10,22 +10,28 @@ Reads what `scripts/reproduce_market.sh`, `scripts/gpu_calls.sh` and `fmn_jax.be
 `market_fmn.json`) and `market_lr_mn_study.json` (stage 2 at several mixing-network learning
 rates; the default's row is `market_fmn.json`, with its mask statistics from the train step's
 `mask_pool1_log.jsonl` where that is in the folder too). A missing file gives a row that says so,
-never a number. Each table replaces the lines between `<!-- tables:NAME -->` and
-`<!-- /tables:NAME -->`. `--write` alone (or `--write=all`) scans `README.md` and `docs/*.md` under
-`--root`, where each table's block must appear exactly once among all of them; `--write=FILE` needs
-every table's block in FILE. A block that is missing, found twice or unpaired stops the script with
-its marker named, before anything is written.
+never a number.
+
+A marked block is the lines between a line `<!-- tables:NAME -->` and a line
+`<!-- /tables:NAME -->`; `--write` replaces them with the table NAME. Without a file (or with
+`all`) it looks in README.md and docs/*.md under `--root`, where each table of `--tables` must have
+exactly one block in all those files together. With a file it updates the blocks that file holds
+(or those of `--tables`, each of which it must hold). A block that is missing, repeated, unpaired
+or of an unknown table stops the script with a one-line error naming it, before anything is
+written.
 """
 
 import argparse
 import glob
 import json
 import os
+import re
 import sys
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 # Runs from a clone without `pip install -e .` too.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 from fmn_jax import reporting  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Paper, Tables 1 and 2: rank-1, rank-5, rank-20, mAP (None: not reported).
@@ -42,7 +48,6 @@ PAPER_MASKS = (('pool1', '56×56', 85.99, 67.12), ('res2', '56×56', 85.15, 65.8
 TARGET_STAGE1, TARGET_STAGE2 = 0.90, 0.65
 TARGET_RECIPE_MINUTES, TARGET_EVAL_SECONDS = 15.0, 10.0
 NOT_RUN = 'not yet run'
-WRITE_ALL = 'all'   # --write: every README.md and docs/*.md under --root
 STAGES = ('grn', 'fmn', 'eval')   # the keys of results.json's stage_seconds
 
 
@@ -247,96 +252,142 @@ TABLES: Dict[str, Callable[[str], str]] = {
     'paper': table_paper, 'masks': table_masks, 'speed': table_speed, 'lr_study': table_lr_study}
 
 
+_START = re.compile(r'<!-- tables:(\w+) -->')
+_END = re.compile(r'<!-- /tables:(\w+) -->')
+WRITE_ALL = 'all'
+
+
+def find_blocks(text: str, path: str) -> Dict[str, Tuple[int, int]]:
+  """Line numbers (0-based) of each marked block's start and end marker in text.
+
+  Raises ResultsError naming the file and marker for a block that is unpaired, nested or repeated
+  in the file, or of a table this script does not know. Markers inside a line of other text (as in
+  this docstring) are not blocks.
+  """
+  blocks, open_name, open_line = {}, None, 0
+  for i, line in enumerate(text.split('\n')):
+    start, end = _START.fullmatch(line.strip()), _END.fullmatch(line.strip())
+    if start:
+      name = start.group(1)
+      if open_name is not None:
+        raise ResultsError(f'{path}:{i + 1}: <!-- tables:{name} --> inside the block '
+                           f'<!-- tables:{open_name} --> of line {open_line + 1}')
+      if name not in TABLES:
+        raise ResultsError(f'{path}:{i + 1}: <!-- tables:{name} --> is no table '
+                           f'(known: {", ".join(TABLES)})')
+      if name in blocks:
+        raise ResultsError(f'{path}:{i + 1}: a second <!-- tables:{name} --> block '
+                           f'(the first at line {blocks[name][0] + 1})')
+      open_name, open_line = name, i
+    elif end:
+      if end.group(1) != open_name:
+        raise ResultsError(f'{path}:{i + 1}: <!-- /tables:{end.group(1)} --> without a '
+                           f'<!-- tables:{end.group(1)} --> before it')
+      blocks[open_name] = (open_line, i)
+      open_name = None
+  if open_name is not None:
+    raise ResultsError(f'{path}:{open_line + 1}: <!-- tables:{open_name} --> has no '
+                       f'<!-- /tables:{open_name} --> after it')
+  return blocks
+
+
 def replace_marked(text: str, tables: Mapping[str, str], path: str) -> str:
-  """Returns text with each `<!-- tables:NAME -->` … `<!-- /tables:NAME -->` block replaced."""
-  for name, table in tables.items():
-    start, end = f'<!-- tables:{name} -->', f'<!-- /tables:{name} -->'
-    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-      raise ResultsError(f'{path}: needs exactly one {start} followed by one {end}')
-    before, _, rest = text.partition(start)
-    after = rest.partition(end)[2]
-    text = f'{before}{start}\n{table}\n{end}{after}'
-  return text
+  """Returns text with the block of each table in `tables` replaced; each must be in text."""
+  blocks = find_blocks(text, path)
+  for name in tables:
+    if name not in blocks:
+      raise ResultsError(f'{path}: needs exactly one <!-- tables:{name} --> followed by one '
+                         f'<!-- /tables:{name} -->')
+  lines = text.split('\n')
+  for name, (start, end) in sorted(blocks.items(), key=lambda item: -item[1][0]):
+    if name in tables:
+      lines[start + 1:end] = tables[name].split('\n')
+  return '\n'.join(lines)
 
 
 def doc_files(root: str) -> List[str]:
-  """README.md and docs/*.md under root (those that exist), the files `--write` alone scans."""
-  readme = os.path.normpath(os.path.join(root, 'README.md'))
-  found = [readme] if os.path.isfile(readme) else []
-  return found + sorted(os.path.normpath(p) for p in glob.glob(os.path.join(root, 'docs', '*.md')))
+  """README.md and docs/*.md under root, relative to it: the files `--write` looks in."""
+  names = ['README.md'] if os.path.isfile(os.path.join(root, 'README.md')) else []
+  docs = sorted(glob.glob(os.path.join(root, 'docs', '*.md')))
+  return names + [os.path.relpath(p, root) for p in docs]
 
 
-def locate_blocks(texts: Mapping[str, str], names: List[str]) -> Dict[str, str]:
-  """Maps each table name to the one file of `texts` ({path: text}) that holds its block."""
-  where = {}
+def locate_blocks(texts: Mapping[str, str], names: Sequence[str]) -> Dict[str, List[str]]:
+  """{file: [table names]} of where each named table's one block is among texts {file: text}."""
+  where: Dict[str, List[str]] = {}
+  for path, text in texts.items():
+    for name in find_blocks(text, path):
+      where.setdefault(name, []).append(path)
+  files = ', '.join(texts) or 'no file'
+  by_file: Dict[str, List[str]] = {}
   for name in names:
-    start = f'<!-- tables:{name} -->'
-    paths = [path for path, text in texts.items() if start in text]
-    counts = sum(text.count(start) for text in texts.values())
-    if counts == 0:
-      raise ResultsError(f'{start} is in none of {", ".join(texts) or "(no files)"}')
-    if counts > 1:
-      places = ', '.join(f'{p} ({texts[p].count(start)}×)' for p in paths)
-      raise ResultsError(f'{start} appears {counts} times, needs exactly one: {places}')
-    where[name] = paths[0]
-  return where
+    paths = where.get(name, [])
+    if len(paths) != 1:
+      found = f'in {len(paths)} files ({", ".join(paths)})' if paths else 'in none'
+      raise ResultsError(f'<!-- tables:{name} -->: needs exactly one block among {files}, '
+                         f'found {found}')
+    by_file.setdefault(paths[0], []).append(name)
+  return by_file
 
 
-def updated_texts(texts: Mapping[str, str], tables: Mapping[str, str],
-                  where: Mapping[str, str]) -> Dict[str, str]:
-  """The new text of every file in `where`'s values, each with its own blocks replaced."""
-  new = {}
-  for path in dict.fromkeys(where.values()):
-    own = {name: table for name, table in tables.items() if where[name] == path}
-    new[path] = replace_marked(texts[path], own, path)
-  return new
+def _read(path: str) -> str:
+  with open(path, encoding='utf-8') as f:
+    return f.read()
 
 
-def write_tables(target: str, root: str, tables: Mapping[str, str]) -> List[str]:
-  """Replaces the marked blocks; returns one line per file. Reads and checks all before writing."""
-  paths = doc_files(root) if target == WRITE_ALL else [target]
-  texts = {}
-  for path in paths:
-    with open(path) as f:
-      texts[path] = f.read()
+def write_tables(target: str, root: str, results_dir: str,
+                 names: Optional[Sequence[str]]) -> List[str]:
+  """Updates the marked blocks; returns one line per file. Nothing is written on any error."""
   if target == WRITE_ALL:
-    where = locate_blocks(texts, list(tables))
+    texts = {name: _read(os.path.join(root, name)) for name in doc_files(root)}
+    by_file = locate_blocks(texts, list(TABLES) if names is None else names)
+    paths = {name: os.path.join(root, name) for name in texts}
   else:
-    where = {name: target for name in tables}
-  new = updated_texts(texts, tables, where)
-  for path, text in new.items():
-    if text != texts[path]:
-      with open(path, 'w') as f:
-        f.write(text)
-  return [f'{path}: {"updated" if text != texts[path] else "unchanged"} '
-          f'({", ".join(n for n in tables if where[n] == path)})' for path, text in new.items()]
+    texts = {target: _read(target)}
+    blocks = find_blocks(texts[target], target)
+    wanted = [n for n in TABLES if n in blocks] if names is None else list(names)
+    if not wanted:
+      raise ResultsError(f'{target}: holds no <!-- tables:NAME --> block '
+                         f'(NAME: one of {", ".join(TABLES)})')
+    by_file, paths = {target: wanted}, {target: target}
+  tables = {name: TABLES[name](results_dir) for file_names in by_file.values()
+            for name in file_names}
+  new = {path: replace_marked(texts[path], {n: tables[n] for n in file_names}, path)
+         for path, file_names in by_file.items()}
+  report = []
+  for path, file_names in by_file.items():
+    if new[path] != texts[path]:
+      with open(paths[path], 'w', encoding='utf-8') as f:
+        f.write(new[path])
+    report.append(f'{path}: {"updated" if new[path] != texts[path] else "unchanged"} '
+                  f'({", ".join(file_names)})')
+  return report
 
 
 def main(argv: Optional[List[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--results', default='results', help='folder of the result files')
-  parser.add_argument('--write', metavar='FILE', nargs='?', const=WRITE_ALL,
-                      help='replace the marked tables instead of printing them: alone or "all", '
-                      'in README.md and docs/*.md under --root; else in FILE')
-  parser.add_argument('--root', default='.',
-                      help='folder holding README.md and docs/ (for --write alone)')
-  parser.add_argument('--tables', default=','.join(TABLES),
-                      help=f'comma-separated subset of {",".join(TABLES)}')
+  parser.add_argument('--write', nargs='?', const=WRITE_ALL, metavar='FILE',
+                      help='replace the marked tables instead of printing them: in this file, or '
+                           'with no FILE (or "all") wherever they are in README.md and docs/*.md')
+  parser.add_argument('--root', default=REPO,
+                      help='the folder holding README.md and docs/ for --write without a file')
+  parser.add_argument('--tables', default=None,
+                      help=f'comma-separated subset of {",".join(TABLES)} (default: all; with '
+                           '--write=FILE, the ones that file holds)')
   args = parser.parse_args(argv)
-  names = [n for n in args.tables.split(',') if n]
-  unknown = [n for n in names if n not in TABLES]
+  names = None if args.tables is None else [n for n in args.tables.split(',') if n]
+  unknown = [n for n in names or () if n not in TABLES]
   if unknown:
     parser.error(f'--tables: unknown {", ".join(unknown)} (known: {", ".join(TABLES)})')
   try:
     if not os.path.isdir(args.results):
       raise ResultsError(f'--results={args.results}: no such folder')
-    if args.write == WRITE_ALL and not os.path.isdir(args.root):
-      raise ResultsError(f'--root={args.root}: no such folder')
-    tables = {name: TABLES[name](args.results) for name in names}
     if args.write:
-      for line in write_tables(args.write, args.root, tables):
+      for line in write_tables(args.write, args.root, args.results, names):
         print(line)
     else:
+      tables = {name: TABLES[name](args.results) for name in names or TABLES}
       for name, table in tables.items():
         print(f'## {name}\n\n{table}\n')
   except (ResultsError, OSError) as e:

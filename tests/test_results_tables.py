@@ -1,8 +1,7 @@
-"""scripts/results_tables.py: the README's result tables, from the files in results/."""
+"""scripts/results_tables.py: the result tables of README.md and docs/, from the files in results/."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -144,13 +143,88 @@ def test_write_replaces_only_the_marked_blocks_and_is_idempotent(tmp_path):
   assert readme.read_text() == text
 
 
-def test_write_refuses_a_file_without_the_markers_and_leaves_it(tmp_path, capsys):
+def test_write_refuses_a_file_without_the_named_block_and_leaves_it(tmp_path, capsys):
   readme = tmp_path / 'README.md'
   readme.write_text('<!-- tables:paper -->\n<!-- /tables:paper -->\n')
-  assert results_tables.main([f'--results={tmp_path}', f'--write={readme}']) == 2
+  args = [f'--results={tmp_path}', f'--write={readme}', '--tables=paper,masks']
+  assert results_tables.main(args) == 2
   assert 'needs exactly one <!-- tables:masks --> followed by one <!-- /tables:masks -->' in (
       capsys.readouterr().err)
   assert readme.read_text() == '<!-- tables:paper -->\n<!-- /tables:paper -->\n'
+
+
+def test_write_to_a_file_updates_the_blocks_it_holds(tmp_path):
+  (tmp_path / 'results').mkdir()
+  _full_results(str(tmp_path / 'results'))
+  page = tmp_path / 'page.md'
+  page.write_text('a `<!-- tables:NAME -->` in a sentence is no block\n'
+                  '<!-- tables:masks -->\nold\n<!-- /tables:masks -->\n')
+  assert results_tables.main([f'--results={tmp_path / "results"}', f'--write={page}']) == 0
+  text = page.read_text()
+  assert 'old' not in text and '| res4 (14×14) | 82.39 / 61.95 | 83.50 / 65.00' in text
+  assert text.startswith('a `<!-- tables:NAME -->` in a sentence is no block\n')
+
+
+@pytest.mark.parametrize('content, message', [
+    ('<!-- tables:paper -->\nx\n', 'page.md:1: <!-- tables:paper --> has no <!-- /tables:paper -->'),
+    ('x\n<!-- /tables:paper -->\n', 'page.md:2: <!-- /tables:paper --> without a'),
+    ('<!-- tables:paper -->\n<!-- tables:masks -->\n', 'page.md:2: <!-- tables:masks --> inside'),
+    ('<!-- tables:papers -->\n<!-- /tables:papers -->\n', 'page.md:1: <!-- tables:papers --> is no table'),
+    ('<!-- tables:paper -->\n<!-- /tables:paper -->\n' * 2, 'page.md:3: a second <!-- tables:paper -->'),
+    ('no blocks\n', 'page.md: holds no <!-- tables:NAME --> block'),
+])
+def test_write_refuses_a_bad_block_and_leaves_the_file(tmp_path, capsys, content, message):
+  page = tmp_path / 'page.md'
+  page.write_text(content)
+  assert results_tables.main([f'--results={tmp_path}', f'--write={page}']) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count('\n') == 1
+  assert page.read_text() == content
+
+
+def _doc_tree(root, files):
+  (root / 'docs').mkdir()
+  for name, names in files.items():
+    (root / name).write_text(''.join(f'text {n}\n<!-- tables:{n} -->\nold\n<!-- /tables:{n} -->\n'
+                                     for n in names) + 'end\n')
+
+
+@pytest.mark.parametrize('write', ['--write', '--write=all'])
+def test_write_all_updates_each_block_in_the_file_that_holds_it(tmp_path, write):
+  (tmp_path / 'results').mkdir()
+  _full_results(str(tmp_path / 'results'))
+  files = {'README.md': ['paper'], 'docs/speed.md': ['speed'],
+           'docs/study.md': ['masks', 'lr_study'], 'docs/plain.md': []}
+  _doc_tree(tmp_path, files)
+  args = [f'--results={tmp_path / "results"}', f'--root={tmp_path}', write]
+  assert results_tables.main(args) == 0
+  texts = {name: (tmp_path / name).read_text() for name in files}
+  assert all('old' not in text for text in texts.values())
+  assert '86.50 (+0.51)' in texts['README.md'] and 'meets' in texts['docs/speed.md']
+  assert '83.50 / 65.00' in texts['docs/study.md'] and '| 1e-06 |' in texts['docs/study.md']
+  assert texts['docs/plain.md'] == 'end\n'
+  assert results_tables.main(args) == 0
+  assert {name: (tmp_path / name).read_text() for name in files} == texts
+
+
+@pytest.mark.parametrize('files, message', [
+    ({'README.md': ['paper', 'masks', 'speed', 'lr_study'], 'docs/a.md': ['speed']},
+     '<!-- tables:speed -->: needs exactly one block among README.md, docs/a.md, found in 2 '
+     'files (README.md, docs/a.md)'),
+    ({'README.md': ['paper', 'masks'], 'docs/a.md': ['speed']},
+     '<!-- tables:lr_study -->: needs exactly one block among README.md, docs/a.md, found in none'),
+])
+def test_write_all_refuses_a_table_twice_or_missing_and_writes_nothing(tmp_path, capsys, files,
+                                                                       message):
+  (tmp_path / 'results').mkdir()
+  _full_results(str(tmp_path / 'results'))
+  _doc_tree(tmp_path, files)
+  before = {name: (tmp_path / name).read_text() for name in files}
+  assert results_tables.main([f'--results={tmp_path / "results"}', f'--root={tmp_path}',
+                              '--write']) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count('\n') == 1
+  assert {name: (tmp_path / name).read_text() for name in files} == before
 
 
 def test_unknown_table_and_missing_folder_are_named(tmp_path):
@@ -162,78 +236,18 @@ def test_unknown_table_and_missing_folder_are_named(tmp_path):
   assert proc.returncode == 2 and 'nope: no such folder' in proc.stderr
 
 
-def _tree(tmp_path, readme, docs):
-  """A README.md and docs/*.md under tmp_path/tree; returns the main() arguments for --write."""
-  (tmp_path / 'results').mkdir(exist_ok=True)
-  _full_results(str(tmp_path / 'results'))
-  root = tmp_path / 'tree'
-  (root / 'docs').mkdir(parents=True)
-  (root / 'README.md').write_text(readme)
-  for name, text in docs.items():
-    (root / 'docs' / name).write_text(text)
-  return root, [f'--results={tmp_path / "results"}', f'--root={root}', '--write']
+def test_docs_tables_match_the_committed_results():
+  """Each table has one block in README.md or docs/*.md, and it is what results/ says now.
 
-
-def _block(name):
-  return f'<!-- tables:{name} -->\nold\n<!-- /tables:{name} -->\n'
-
-
-def test_write_alone_updates_each_block_in_the_file_that_holds_it(tmp_path, capsys):
-  root, args = _tree(tmp_path, '# top\n' + _block('paper') + _block('masks') + 'end\n',
-                     {'speed.md': 'speed\n' + _block('speed'), 'study.md': _block('lr_study'),
-                      'other.md': 'no tables\n'})
-  assert results_tables.main(args) == 0
-  out = capsys.readouterr().out
-  assert f'{root / "README.md"}: updated (paper, masks)' in out
-  assert f'{root / "docs" / "speed.md"}: updated (speed)' in out
-  assert 'other.md' not in out
-  readme = (root / 'README.md').read_text()
-  assert '86.50 (+0.51)' in readme and '83.50 / 65.00' in readme and 'old' not in readme
-  assert readme.startswith('# top\n') and readme.endswith('end\n')
-  assert 'meets' in (root / 'docs' / 'speed.md').read_text()
-  assert '| 1e-06 | 1.50 |' in (root / 'docs' / 'study.md').read_text()
-  assert (root / 'docs' / 'other.md').read_text() == 'no tables\n'
-  texts = {p: p.read_text() for p in root.rglob('*.md')}
-  assert results_tables.main(args[:2] + ['--write=all']) == 0
-  assert {p: p.read_text() for p in root.rglob('*.md')} == texts
-  assert 'unchanged (paper, masks)' in capsys.readouterr().out
-
-
-@pytest.mark.parametrize('readme, docs, message', [
-    (_block('paper') + _block('masks') + _block('speed'), {'a.md': _block('speed')},
-     '<!-- tables:speed --> appears 2 times, needs exactly one: '),
-    (_block('paper') + _block('masks') + _block('masks') + _block('speed'), {},
-     '<!-- tables:masks --> appears 2 times'),
-    (_block('paper') + _block('masks'), {'a.md': _block('speed')},
-     '<!-- tables:lr_study --> is in none of '),
-    (_block('paper') + _block('masks') + _block('speed'), {'a.md': '<!-- tables:lr_study -->\n'},
-     'a.md: needs exactly one <!-- tables:lr_study --> followed by one <!-- /tables:lr_study -->'),
-])
-def test_write_alone_refuses_a_block_found_twice_or_not_at_all_and_writes_nothing(
-    tmp_path, capsys, readme, docs, message):
-  root, args = _tree(tmp_path, readme, docs)
-  texts = {p: p.read_text() for p in root.rglob('*.md')}
-  assert results_tables.main(args) == 2
-  err = capsys.readouterr().err
-  assert message in err and len(err.strip().splitlines()) == 1
-  assert {p: p.read_text() for p in root.rglob('*.md')} == texts
-
-
-def test_write_alone_with_a_subset_of_tables_needs_only_those(tmp_path):
-  root, args = _tree(tmp_path, _block('paper'), {})
-  assert results_tables.main(args + ['--tables=paper']) == 0
-  assert '86.50 (+0.51)' in (root / 'README.md').read_text()
-  assert results_tables.main(args[:1] + [f'--root={tmp_path / "nope"}', '--write']) == 2
-
-
-def test_readme_and_docs_tables_match_the_committed_results():
-  """The marked tables of README.md and docs/*.md are what results/ says now (run --write)."""
-  texts = {}
-  for path in results_tables.doc_files(REPO):
-    with open(path) as f:
-      texts[path] = f.read()
+  Run `python scripts/results_tables.py --write` after changing results/.
+  """
+  files = results_tables.doc_files(REPO)
+  assert 'README.md' in files and any(f.startswith('docs') for f in files)
+  texts = {name: open(os.path.join(REPO, name), encoding='utf-8').read() for name in files}
+  by_file = results_tables.locate_blocks(texts, list(results_tables.TABLES))
+  assert sorted(n for names in by_file.values() for n in names) == sorted(results_tables.TABLES)
+  assert {'paper', 'masks'} <= set(by_file['README.md'])
   tables = {name: fn(os.path.join(REPO, 'results')) for name, fn in results_tables.TABLES.items()}
-  where = results_tables.locate_blocks(texts, list(tables))
-  assert results_tables.updated_texts(texts, tables, where) == {p: texts[p] for p in where.values()}
-  markers = [m for text in texts.values() for m in re.findall(r'<!-- tables:(\w+) -->', text)]
-  assert sorted(markers) == sorted(results_tables.TABLES)
+  for path, names in by_file.items():
+    text = texts[path]
+    assert results_tables.replace_marked(text, {n: tables[n] for n in names}, path) == text, path
