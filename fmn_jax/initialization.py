@@ -17,6 +17,50 @@ import ml_collections
 
 from fmn_jax import models
 from fmn_jax import pretrained
+from fmn_jax.pretrained import names as pretrained_names
+
+
+def init_fmn_from_imagenet(fmn_variables: dict, resnet_variables: dict) -> dict:
+  """Algorithm 1's init: theta_o -> theta_g (GRN stem + stages) and theta_o -> theta_l (LAN's
+  stages), parameters and BatchNorm statistics. Classifiers and the MN keep their fresh init.
+
+  Returns a new variables dict; every copied leaf is a fresh jax array (no buffer is shared
+  between GRN and LAN). Raises ValueError naming the first mismatching paths.
+  """
+  order = sorted(fmn_variables, key=lambda c: (c != 'params', c != 'batch_stats', c))
+  flat = pretrained.flatten({c: fmn_variables[c] for c in order})
+  src = pretrained.flatten({c: resnet_variables[c] for c in ('params', 'batch_stats')
+                 if c in resnet_variables})
+  out, problems, used = dict(flat), [], set()
+  for key, target in flat.items():
+    coll, net, *rest = key.split('/')
+    if coll not in ('params', 'batch_stats') or net not in ('grn', 'lan') or rest[0] == 'fc':
+      continue
+    src_key = '/'.join([coll] + rest)
+    if src_key not in src:
+      problems.append(f'{src_key} (for {key}) missing in the ImageNet variables')
+      continue
+    used.add(src_key)
+    value = src[src_key]
+    if tuple(value.shape) != tuple(target.shape):
+      problems.append(f'{src_key}: shape {tuple(value.shape)}, {key} needs {tuple(target.shape)}')
+      continue
+    out[key] = jnp.array(value, dtype=target.dtype, copy=True)
+  # The GRN is the whole ResNet: a tensor it does not take means the source is deeper (more
+  # blocks) than the model, whose blocks would otherwise be a silent prefix of the source's.
+  unused = [k for k in src if k not in used and k.split('/')[1] != 'fc']
+  if unused:
+    problems.append(f'{len(unused)} ImageNet tensors the model has no place for, e.g. '
+                    f'{", ".join(unused[:3])}')
+  for coll in ('params', 'batch_stats'):
+    if not any(k.startswith(f'{coll}/grn/') for k in flat):
+      problems.append(f'{coll}/grn missing in the FMN variables')
+    if coll not in resnet_variables:
+      problems.append(f"'{coll}' missing in the ImageNet variables")
+  if problems:
+    raise ValueError('cannot initialise the FMN from the ImageNet ResNet (same width and '
+                     'stage_sizes needed): ' + pretrained_names.fmt_list(problems, limit=6))
+  return pretrained.unflatten(out)
 
 
 def pretrained_path(config: ml_collections.ConfigDict) -> Optional[str]:
@@ -76,7 +120,7 @@ def init_variables(model: models.FMN, config: ml_collections.ConfigDict,
     path, imagenet = weights
     logging.info('ImageNet initialisation from %s', path)
     try:
-      variables = pretrained.init_fmn_from_imagenet(variables, imagenet)
+      variables = init_fmn_from_imagenet(variables, imagenet)
     except ValueError as e:
       raise ValueError(f'config.model.pretrained={config.model.pretrained!r} ({path}): {e}'
                        ) from None
@@ -90,7 +134,7 @@ def lan_from_grn(variables: dict) -> dict:
   would leave the LAN random while the GRN is trained.
   """
   grn = {'params': variables['params']['grn'], 'batch_stats': variables['batch_stats']['grn']}
-  out = flax.core.unfreeze(pretrained.init_fmn_from_imagenet(variables, grn))
+  out = flax.core.unfreeze(init_fmn_from_imagenet(variables, grn))
   out['params']['lan']['fc'] = jax.tree_util.tree_map(
       lambda x: jnp.array(x, copy=True), variables['params']['grn']['fc'])
   return out

