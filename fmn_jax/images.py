@@ -29,10 +29,15 @@ RESAMPLE = Image.Resampling.BICUBIC
 
 
 class UnreadableImageError(ValueError):
-  """An image file that cannot be opened or decoded (the message names the file)."""
+  """An image file that cannot be opened or decoded, or is truncated.
 
-  def __init__(self, path: str, reason: str):
-    super().__init__(f'cannot read image {path!r}: {reason}')
+  The one error for an unreadable image, raised by the tools and by the dataset readers and cache
+  (`fmn_jax.data`). `path` is the file and `reason` what is wrong with it; the message names the
+  file: `cannot read image 'PATH': REASON` unless the raiser gives its own `message`.
+  """
+
+  def __init__(self, path: str, reason: str, message: Optional[str] = None):
+    super().__init__(f'cannot read image {path!r}: {reason}' if message is None else message)
     self.path = path
     self.reason = reason
 
