@@ -2,11 +2,11 @@
 
 Used by the training and evaluation decode (`fmn_jax.data.cache`) and by the extraction, search,
 visualisation and export tools, so a file gives the same pixels everywhere. Everything here is
-host-side
-(numpy + Pillow): greyscale, 16-bit, palette, RGBA/LA (alpha composited over a background colour),
-CMYK, PNG, JPEG, BMP, GIF (first frame), TIFF and WebP all come out as ``uint8 [H, W, 3]`` RGB.
-An unreadable file raises :class:`UnreadableImageError` naming the file, or is skipped with a
-warning when the caller asks for that.
+host-side (numpy + Pillow): greyscale, 16-bit, palette, RGBA/LA (alpha composited over a
+background colour), CMYK, PNG, JPEG, BMP, GIF (first frame), TIFF and WebP all come out as
+``uint8 [H, W, 3]`` RGB. An unreadable file raises :class:`UnreadableImageError` naming the file
+(the dataset readers and cache raise the same class), or is skipped with a warning when the
+caller asks for that.
 """
 
 import concurrent.futures
@@ -29,10 +29,15 @@ RESAMPLE = Image.Resampling.BICUBIC
 
 
 class UnreadableImageError(ValueError):
-  """An image file that cannot be opened or decoded (the message names the file)."""
+  """An image file that cannot be opened or decoded, or is truncated.
 
-  def __init__(self, path: str, reason: str):
-    super().__init__(f'cannot read image {path!r}: {reason}')
+  The one error for an unreadable image, raised by the tools and by the dataset readers and cache
+  (`fmn_jax.data`). `path` is the file and `reason` what is wrong with it; the message names the
+  file: `cannot read image 'PATH': REASON` unless the raiser gives its own `message`.
+  """
+
+  def __init__(self, path: str, reason: str, message: Optional[str] = None):
+    super().__init__(f'cannot read image {path!r}: {reason}' if message is None else message)
     self.path = path
     self.reason = reason
 
@@ -172,7 +177,8 @@ def list_images(source: Union[str, Sequence[str]]) -> Tuple[List[str], List[str]
       paths.append(item)
       names.append(os.path.basename(item))
   if not paths:
-    raise ValueError(f'no image files found in {source!r} (extensions: {", ".join(IMAGE_EXTENSIONS)})')
+    raise ValueError(f'no image files found in {source!r} '
+                     f'(extensions: {", ".join(IMAGE_EXTENSIONS)})')
   return paths, _unique(names, paths)
 
 

@@ -161,37 +161,6 @@ def test_eval_batches():
   assert [v for _, v in batches] == [4, 4, 2]
   assert all(i.shape == (4,) for i, _ in batches)
   np.testing.assert_array_equal(np.concatenate([i[:v] for i, v in batches]), np.arange(10))
-  x = _images(n=5)
-  outs = list(ip.eval_arrays(x, 2, image_size=(16, 8), normalization='caffe_bgr'))
-  got = np.concatenate([np.asarray(b)[:v] for b, v in outs])
-  np.testing.assert_allclose(got, ip.normalize(x, 'caffe_bgr'))
-
-
-def test_device_and_host_datasets_agree():
-  x = _images(n=20)
-  labels = np.arange(20) % 4
-  dev = ip.DeviceDataset(x, labels)
-  host = ip.HostDataset(x, labels, prefetch=2)
-  idx = np.array([5, 1, 19, 1])
-  for ds in (dev, host):
-    images, lab = ds.batch(idx)
-    np.testing.assert_array_equal(images, x[idx])
-    np.testing.assert_array_equal(lab, labels[idx])
-  kw = dict(image_size=(32, 16), random_erasing=0.5, normalization='imagenet_rgb')
-  a, _ = dev.augmented_batch(jax.random.key(2), idx, **kw)
-  b, _ = host.augmented_batch(jax.random.key(2), idx, **kw)
-  np.testing.assert_allclose(a, b, atol=1e-5)
-  np.testing.assert_allclose(a, ip.augment(jax.random.key(2), x[idx], **kw), atol=1e-5)
-  sampler = ip.EpochSampler(20, 8, seed=0)
-  d_items = [(s, np.asarray(i)) for s, i, _ in dev.iterate(sampler, 3, 4)]
-  h_items = [(s, np.asarray(i)) for s, i, _ in host.iterate(sampler, 3, 4)]
-  assert [s for s, _ in d_items] == [3, 4, 5, 6] == [s for s, _ in h_items]
-  for (_, u), (_, v) in zip(d_items, h_items):
-    np.testing.assert_array_equal(u, v)
-  assert isinstance(ip.make_train_dataset(x, labels), ip.DeviceDataset)
-  assert isinstance(ip.make_train_dataset(x, labels, memory_budget_bytes=100), ip.HostDataset)
-  with pytest.raises(ValueError, match='labels'):
-    ip.DeviceDataset(x, labels[:3])
 
 
 def test_benchmark_function_runs():

@@ -355,6 +355,35 @@ def test_unreadable_and_truncated_images(tmp_path):
   assert 777 not in ds.pid_to_label
 
 
+def test_one_unreadable_image_error_for_readers_cache_and_tools(tmp_path):
+  from fmn_jax import data  # pylint: disable=g-import-not-at-top
+  from fmn_jax import images  # pylint: disable=g-import-not-at-top
+  from fmn_jax.data import cache  # pylint: disable=g-import-not-at-top
+  assert datasets.UnreadableImageError is images.UnreadableImageError
+  assert data.UnreadableImageError is images.UnreadableImageError
+  root = _market(tmp_path, TRAIN, QUERY, GALLERY)
+  cut = os.path.join(root, 'query', '0009_c4s1_000103_00.png')
+  _img(cut, fmt='PNG', size=(16, 32))
+  png = open(cut, 'rb').read()
+  with open(cut, 'wb') as f:
+    f.write(png[:-20])
+  with pytest.raises(images.UnreadableImageError) as e:
+    load_dataset('market1501', root)
+  assert e.value.path == cut and str(e.value) == f'truncated PNG (no IEND chunk): {cut}'
+  with pytest.raises(images.UnreadableImageError) as e:
+    cache.decode_image(cut, (8, 4))
+  assert e.value.path == cut
+  garbage = os.path.join(str(tmp_path), 'garbage.jpg')
+  with open(garbage, 'wb') as f:
+    f.write(b'\xff\xd8\xff\xe0' + b'\x17' * 300 + b'\xff\xd9')
+  with pytest.raises(images.UnreadableImageError) as e:
+    datasets.decode_image_file(garbage)
+  assert e.value.path == garbage and str(e.value).startswith(f'cannot decode image {garbage}: ')
+  with pytest.raises(images.UnreadableImageError) as e:
+    images.load_image(garbage)
+  assert e.value.path == garbage and str(e.value).startswith(f'cannot read image {garbage!r}: ')
+
+
 def test_split_of_only_unreadable_images_is_an_error(tmp_path):
   root = _market(tmp_path, TRAIN, QUERY, GALLERY)
   for p in os.listdir(os.path.join(root, 'query')):

@@ -12,19 +12,16 @@ from fmn_jax.data.datasets import ReidDataset
 from fmn_jax.data.datasets import Split
 from fmn_jax.data.datasets import UnreadableImageError
 from fmn_jax.data.input_pipeline import augment
-from fmn_jax.data.input_pipeline import DeviceDataset
 from fmn_jax.data.input_pipeline import EpochSampler
 from fmn_jax.data.input_pipeline import eval_batches
-from fmn_jax.data.input_pipeline import HostDataset
 from fmn_jax.data.input_pipeline import make_sampler
-from fmn_jax.data.input_pipeline import make_train_dataset
 from fmn_jax.data.input_pipeline import normalize
 from fmn_jax.data.input_pipeline import PKSampler
 from fmn_jax.data.input_pipeline import preprocess_eval
 from fmn_jax.data.loading import load_decoded
 
 __all__ = [
-    'DATASET_NAMES', 'DeviceDataset', 'EpochSampler', 'HostDataset', 'PKSampler', 'ReidDataset',
-    'Split', 'UnreadableImageError', 'augment', 'decode_split', 'eval_batches', 'load_dataset',
-    'load_decoded', 'make_sampler', 'make_train_dataset', 'normalize', 'preprocess_eval',
+    'DATASET_NAMES', 'EpochSampler', 'PKSampler', 'ReidDataset', 'Split', 'UnreadableImageError',
+    'augment', 'decode_split', 'eval_batches', 'load_dataset', 'load_decoded', 'make_sampler',
+    'normalize', 'preprocess_eval',
 ]

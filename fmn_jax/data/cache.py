@@ -20,10 +20,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fmn_jax import images
-from fmn_jax.data import datasets
+from fmn_jax.data import image_checks
+from fmn_jax.data import splits
 
-# 2: images decoded by `fmn_jax.images.to_rgb` (EXIF orientation, alpha over white, 16-bit data
-# scaled) instead of PIL's plain convert('RGB').
+# The decoder's version, part of every cache key: 2 is `fmn_jax.images.to_rgb` (EXIF orientation,
+# alpha over white, 16-bit data scaled). A decoder that gives other pixels takes a new number.
 CACHE_VERSION = 2
 # Resampling filter used when the stored size differs from the file's size.
 RESAMPLE = images.RESAMPLE
@@ -78,7 +79,7 @@ def _folder_name(paths: Sequence[str]) -> str:
   return os.path.basename(common if os.path.isdir(common) else os.path.dirname(common))
 
 
-def cache_path(split: datasets.Split, size: tuple, cache_dir: Optional[str] = None) -> str:
+def cache_path(split: splits.Split, size: tuple, cache_dir: Optional[str] = None) -> str:
   """Where `decode_split(split, size, cache_dir)` stores its array."""
   paths = list(split.paths)
   if not paths:
@@ -106,11 +107,11 @@ def decode_image(path: str, size: tuple) -> np.ndarray:
 
   The pixels are those of the tools: it is `fmn_jax.images.load_image` (any mode converted by
   `images.to_rgb`, resized with `images.RESAMPLE`) after the quick file check. Raises
-  datasets.UnreadableImageError naming the path on any decoding problem, truncation included
+  `images.UnreadableImageError` naming the path on any decoding problem, truncation included
   (also when another library set PIL's LOAD_TRUNCATED_IMAGES).
   """
-  datasets.check_image_file(path)
-  return datasets.decode_image_file(path, size)
+  image_checks.check_image_file(path)
+  return image_checks.decode_image_file(path, size)
 
 
 def _decode_into(out: np.ndarray, paths: Sequence[str], size: tuple, progress: bool,
@@ -160,7 +161,7 @@ def _open_cached(path: str, shape: tuple) -> Optional[np.ndarray]:
   return arr
 
 
-def decode_split(split: datasets.Split, size: tuple, cache_dir: Optional[str] = None,
+def decode_split(split: splits.Split, size: tuple, cache_dir: Optional[str] = None,
                  progress: bool = True) -> np.ndarray:
   """Decodes a split to uint8 RGB [N, H, W, 3], cached on disk and memory-mapped.
 

@@ -15,26 +15,23 @@ Conventions (the same for every layout):
   image raise an error that names the path. With `skip_unreadable=True`, unreadable images are
   dropped instead and the notes say how many (names that do not parse still raise).
 
-The image check done here is quick (the file opens, its magic bytes are those of an image, and
-JPEG/PNG files end with their end marker, which catches truncated files); `decode_split` decodes
-every pixel and raises on anything PIL rejects. With `skip_unreadable=True` every image is also
-decoded once here (slower: 8.9 s instead of 1.1 s for Market-1501's 36,036 images on a 2-core
-CPU), so that such a file is dropped before the training labels are made.
+The records and the junk rules are in `fmn_jax.data.splits`, the image checks (a quick one while
+listing; every pixel with `skip_unreadable=True`) in `fmn_jax.data.image_checks`.
 """
 
-import collections
-import concurrent.futures
-import dataclasses
 import os
 import re
-from typing import Optional, Sequence
+from typing import Sequence
 
-import numpy as np
+from fmn_jax.data.image_checks import check_image_file
+from fmn_jax.data.image_checks import decode_image_file
+from fmn_jax.data.image_checks import is_image_name
+from fmn_jax.data.splits import build_dataset
+from fmn_jax.data.splits import Item
+from fmn_jax.data.splits import ReidDataset
+from fmn_jax.data.splits import Split
+from fmn_jax.images import UnreadableImageError
 
-from fmn_jax import images
-
-# The same file types as the tools.
-IMAGE_EXTENSIONS = images.IMAGE_EXTENSIONS
 DATASET_NAMES = ('market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected', 'msmt17',
                  'folder')
 
@@ -45,124 +42,6 @@ MARKET_RE = re.compile(r'^(-?\d+)_c(\d+)s(\d+)_(\d+)_(\d+)(?:\.[A-Za-z]+)+$')
 DUKE_RE = re.compile(r'^(-?\d+)_c(\d+)_f(\d+)(?:\.[A-Za-z]+)+$')
 # Any "Market-style" name: a pid, then _cC, then anything (CUHK03-NP: 0001_c1_1.png).
 GENERIC_RE = re.compile(r'^(-?\d+)_c(\d+)(?:s\d+)?_[^/]*\.[A-Za-z]+$')
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """One split of a re-id dataset (arrays aligned with `paths`)."""
-  paths: tuple  # tuple[str, ...]
-  pids: np.ndarray  # int64 [N]
-  camids: np.ndarray  # int64 [N]
-  junk: np.ndarray  # bool [N]
-  labels: Optional[np.ndarray] = None  # int32 [N] 0..C-1, train split only
-  name: str = ''  # 'train', 'query' or 'gallery' (labels the decode progress bar)
-
-  def __len__(self) -> int:
-    return len(self.paths)
-
-  @property
-  def num_ids(self) -> int:
-    """Number of distinct pids (junk included)."""
-    return int(np.unique(self.pids).size)
-
-
-@dataclasses.dataclass(frozen=True)
-class ReidDataset:
-  """A re-id dataset: three splits plus the train label mapping."""
-  name: str
-  root: str
-  train: Split
-  query: Split
-  gallery: Split
-  num_classes: int
-  pid_to_label: dict
-  notes: tuple = ()  # tuple[str, ...]
-
-  def summary(self) -> str:
-    """A short human-readable table of the splits."""
-    lines = [f'{self.name} at {self.root}']
-    for split_name in ('train', 'query', 'gallery'):
-      split = getattr(self, split_name)
-      lines.append(
-          f'  {split_name:8s} {len(split):7d} images {split.num_ids:6d} ids '
-          f'{np.unique(split.camids).size:3d} cameras {int(split.junk.sum()):6d} junk')
-    lines.extend(f'  note: {n}' for n in self.notes)
-    return '\n'.join(lines)
-
-
-class UnreadableImageError(ValueError):
-  """An image file that cannot be opened or is truncated."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Quick image checks.
-
-_MAGIC = (
-    (b'\xff\xd8\xff', 'jpeg'),
-    (b'\x89PNG\r\n\x1a\n', 'png'),
-    (b'BM', 'bmp'),
-    (b'GIF8', 'gif'),
-    (b'II*\x00', 'tiff'),
-    (b'MM\x00*', 'tiff'),
-    (b'P1', 'pnm'),  # PBM, PGM, PPM: ASCII (P1-P3) and binary (P4-P6)
-    (b'P2', 'pnm'),
-    (b'P3', 'pnm'),
-    (b'P4', 'pnm'),
-    (b'P5', 'pnm'),
-    (b'P6', 'pnm'),
-)
-
-
-def check_image_file(path: str) -> None:
-  """Raises UnreadableImageError (naming `path`) if the file is not a complete image.
-
-  Cheap: reads the first and last bytes only. Detects unreadable files, files whose content is not
-  an image, empty files, and truncated JPEG/PNG files (missing end-of-image marker / IEND chunk).
-  """
-  try:
-    size = os.path.getsize(path)
-    with open(path, 'rb') as f:
-      head = f.read(16)
-      tail = b''
-      if size > 16:
-        f.seek(max(0, size - 1024))
-        tail = f.read()
-  except OSError as e:
-    raise UnreadableImageError(f'cannot read image file {path}: {e}') from e
-  if size == 0:
-    raise UnreadableImageError(f'empty image file {path}')
-  kind = None
-  for magic, name in _MAGIC:
-    if head.startswith(magic):
-      kind = name
-      break
-  if kind is None and head[:4] == b'RIFF' and head[8:12] == b'WEBP':
-    kind = 'webp'
-  if kind is None:
-    raise UnreadableImageError(f'not an image file (unknown header {head[:8]!r}): {path}')
-  if kind == 'jpeg':
-    # 0xFFD9 cannot occur in entropy-coded data (0xFF is byte-stuffed), so a file whose last KB
-    # has no EOI marker was cut short.
-    if b'\xff\xd9' not in tail:
-      raise UnreadableImageError(f'truncated JPEG (no end-of-image marker): {path}')
-  elif kind == 'png':
-    if b'IEND' not in tail:
-      raise UnreadableImageError(f'truncated PNG (no IEND chunk): {path}')
-  elif kind == 'bmp':
-    declared = int.from_bytes(head[2:6], 'little')
-    if declared and size < declared:
-      raise UnreadableImageError(f'truncated BMP ({size} of {declared} bytes): {path}')
-
-
-def is_image_name(name: str) -> bool:
-  """True for file names with an image extension (hidden files excluded)."""
-  return not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-# --------------------------------------------------------------------------------------------------
-# Helpers.
-
-_Item = collections.namedtuple('_Item', ['path', 'pid', 'camid'])
 
 
 def _require_dir(path: str, what: str) -> None:
@@ -185,87 +64,8 @@ def _parse_names(folder: str, pattern: re.Pattern, layout: str) -> list:
     if m is None:
       raise ValueError(f'file name does not follow the {layout} naming: '
                        f'{os.path.join(folder, name)}')
-    items.append(_Item(os.path.join(folder, name), int(m.group(1)), int(m.group(2))))
+    items.append(Item(os.path.join(folder, name), int(m.group(1)), int(m.group(2))))
   return items
-
-
-def decode_image_file(path: str, size=None) -> np.ndarray:
-  """`images.load_image(path, size)`, the dataset cache's decoder; UnreadableImageError naming
-  `path` if the file does not decode."""
-  try:
-    return images.load_image(path, size)
-  except (images.UnreadableImageError, FileNotFoundError) as e:
-    raise UnreadableImageError(f'cannot decode image {path}: {e}') from e
-
-
-def _filter_readable(items: list, skip_unreadable: bool, split_name: str, notes: list) -> list:
-  """The readable items. Without skipping, the quick check (a corrupt file then stops the decode
-  with its name); with skipping, every image is also decoded once, so that a complete but corrupt
-  file is dropped here, before the labels are made, and not met later in the decode."""
-
-  def check(item):
-    try:
-      check_image_file(item.path)
-      if skip_unreadable:
-        decode_image_file(item.path)
-      return None
-    except UnreadableImageError as e:
-      if not skip_unreadable:
-        raise
-      return e
-
-  if skip_unreadable:
-    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool:
-      errors = list(pool.map(check, items))
-  else:
-    errors = [check(item) for item in items]
-  kept = [item for item, e in zip(items, errors) if e is None]
-  skipped = [item.path for item, e in zip(items, errors) if e is not None]
-  if skipped:
-    notes.append(f'{split_name}: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}')
-  return kept
-
-
-def _make_split(items: list, split_name: str, where: str, notes: list,
-                pid_to_label: Optional[dict] = None) -> Split:
-  """Builds a Split, applying the junk rules of the module docstring."""
-  if not items:
-    raise ValueError(f'empty {split_name} split: no images in {where}')
-  if split_name in ('train', 'query'):
-    dropped = [it for it in items if it.pid == -1]
-    if dropped:
-      items = [it for it in items if it.pid != -1]
-      notes.append(f'{split_name}: dropped {len(dropped)} junk image(s) with pid -1')
-      if not items:
-        raise ValueError(f'empty {split_name} split: only junk (pid -1) images in {where}')
-  items = sorted(items, key=lambda it: it.path)
-  pids = np.array([it.pid for it in items], dtype=np.int64)
-  camids = np.array([it.camid for it in items], dtype=np.int64)
-  junk = pids == -1
-  labels = None
-  if pid_to_label is not None:
-    labels = np.array([pid_to_label[int(p)] for p in pids], dtype=np.int32)
-  return Split(paths=tuple(it.path for it in items), pids=pids, camids=camids, junk=junk,
-               labels=labels, name=split_name)
-
-
-def _build(name: str, root: str, train: list, query: list, gallery: list, where: dict,
-           skip_unreadable: bool, notes: list) -> ReidDataset:
-  """Checks images, applies junk rules, relabels train pids and builds the dataset."""
-  splits = {}
-  for split_name, items in (('train', train), ('query', query), ('gallery', gallery)):
-    if not items:
-      raise ValueError(f'empty {split_name} split: no images in {where[split_name]}')
-    items = _filter_readable(items, skip_unreadable, split_name, notes)
-    splits[split_name] = items
-  train_pids = sorted({it.pid for it in splits['train'] if it.pid != -1})
-  pid_to_label = {int(p): i for i, p in enumerate(train_pids)}
-  return ReidDataset(
-      name=name, root=root,
-      train=_make_split(splits['train'], 'train', where['train'], notes, pid_to_label),
-      query=_make_split(splits['query'], 'query', where['query'], notes),
-      gallery=_make_split(splits['gallery'], 'gallery', where['gallery'], notes),
-      num_classes=len(pid_to_label), pid_to_label=pid_to_label, notes=tuple(notes))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,8 +79,8 @@ def _market_layout(name: str, root: str, pattern: re.Pattern, layout: str,
            'query': os.path.join(root, 'query'),
            'gallery': os.path.join(root, 'bounding_box_test')}
   items = {k: _parse_names(v, pattern, layout) for k, v in where.items()}
-  return _build(name, root, items['train'], items['query'], items['gallery'], where,
-                skip_unreadable, notes)
+  return build_dataset(name, root, items['train'], items['query'], items['gallery'], where,
+                       skip_unreadable, notes)
 
 
 def _find_subdir(root: str, candidates: Sequence[str], marker: str) -> str:
@@ -314,8 +114,9 @@ def _load_cuhk03(name: str, root: str, skip_unreadable: bool, notes: list) -> Re
     where = {k: os.path.join(mat_dir, f'cuhk03_new_protocol_config_{kind}.mat')
              for k in ('train', 'query', 'gallery')}
     notes.append(f'images extracted from cuhk-03.mat into {image_dir}')
-    mk = lambda rows: [_Item(*r) for r in rows]
-    return _build(name, root, mk(train), mk(query), mk(gallery), where, skip_unreadable, notes)
+    mk = lambda rows: [Item(*r) for r in rows]
+    return build_dataset(name, root, mk(train), mk(query), mk(gallery), where, skip_unreadable,
+                         notes)
   tried = ', '.join(os.path.join(root, c, 'bounding_box_train') for c in folder_candidates)
   raise FileNotFoundError(
       f'CUHK03-NP {kind} not found under {root}: looked for {tried} and for cuhk-03.mat with '
@@ -348,7 +149,7 @@ def _read_msmt_list(list_path: str, image_dir: str) -> list:
         camid = msmt17_camid(rel)
       except ValueError as e:
         raise ValueError(f'{list_path}:{lineno}: {e}') from e
-      items.append(_Item(path, pid, camid))
+      items.append(Item(path, pid, camid))
   return items
 
 
@@ -373,7 +174,7 @@ def _load_msmt17(name: str, root: str, skip_unreadable: bool, notes: list) -> Re
   where = {'train': os.path.join(base, 'list_train.txt'),
            'query': os.path.join(base, 'list_query.txt'),
            'gallery': os.path.join(base, 'list_gallery.txt')}
-  return _build(name, root, train, query, gallery, where, skip_unreadable, notes)
+  return build_dataset(name, root, train, query, gallery, where, skip_unreadable, notes)
 
 
 def _walk_images(folder: str) -> list:
@@ -385,51 +186,60 @@ def _walk_images(folder: str) -> list:
   return sorted(out)
 
 
-def _load_folder(name: str, root: str, skip_unreadable: bool, notes: list) -> ReidDataset:
-  """A user's own data: root/{train,query,gallery}, PID/ sub-folders or Market-style names."""
-  _require_dir(root, 'dataset root')
-  where = {'train': os.path.join(root, 'train'), 'query': os.path.join(root, 'query'),
-           'gallery': os.path.join(root, 'gallery')}
-  raw = {}  # split -> list of (path, pid_name, camid or None)
-  for split_name, folder in where.items():
-    _require_dir(folder, f'{split_name} split')
-    entries = []
-    for entry in sorted(os.listdir(folder)):
-      full = os.path.join(folder, entry)
-      if entry.startswith('.'):
-        continue
-      if os.path.isdir(full):
-        for path in _walk_images(full):
-          m = GENERIC_RE.match(os.path.basename(path))
-          camid = None
-          if m is not None:
-            if m.group(1).lstrip('-').isdigit() and entry.lstrip('-').isdigit() and \
-                int(m.group(1)) != int(entry):
-              raise ValueError(f'pid in file name ({m.group(1)}) differs from its folder '
-                               f'({entry}): {path}')
-            camid = int(m.group(2))
-          entries.append((path, entry, camid))
-      elif is_image_name(entry):
-        m = GENERIC_RE.match(entry)
-        if m is None:
-          raise ValueError(
-              f'image directly in a split folder must have a Market-style name '
-              f'(PID_cCAM_....ext) or sit in a PID/ sub-folder: {full}')
-        entries.append((full, m.group(1), int(m.group(2))))
-    raw[split_name] = entries
-  # Person ids: integers when every identity name is one; else the sorted names are numbered 1..N.
-  names = sorted({e[1] for entries in raw.values() for e in entries})
+def _identity_folder_entries(folder: str, entry: str) -> list:
+  """(path, pid_name, camid or None) of the images under the identity folder `folder`/`entry`."""
+  entries = []
+  for path in _walk_images(os.path.join(folder, entry)):
+    m = GENERIC_RE.match(os.path.basename(path))
+    camid = None
+    if m is not None:
+      if m.group(1).lstrip('-').isdigit() and entry.lstrip('-').isdigit() and \
+          int(m.group(1)) != int(entry):
+        raise ValueError(f'pid in file name ({m.group(1)}) differs from its folder '
+                         f'({entry}): {path}')
+      camid = int(m.group(2))
+    entries.append((path, entry, camid))
+  return entries
+
+
+def _split_folder_entries(folder: str) -> list:
+  """(path, pid_name, camid or None) of every image of the split folder `folder`: in PID/
+  sub-folders, or directly inside with a Market-style name."""
+  entries = []
+  for entry in sorted(os.listdir(folder)):
+    full = os.path.join(folder, entry)
+    if entry.startswith('.'):
+      continue
+    if os.path.isdir(full):
+      entries.extend(_identity_folder_entries(folder, entry))
+    elif is_image_name(entry):
+      m = GENERIC_RE.match(entry)
+      if m is None:
+        raise ValueError(
+            f'image directly in a split folder must have a Market-style name '
+            f'(PID_cCAM_....ext) or sit in a PID/ sub-folder: {full}')
+      entries.append((full, m.group(1), int(m.group(2))))
+  return entries
+
+
+def _number_identities(names: list, notes: list) -> dict:
+  """Identity name -> pid: integers when every name is one; else the sorted names are numbered
+  1..N, junk (-1) and distractors (0) keeping their meaning."""
   if all(re.fullmatch(r'-?\d+', n) for n in names):
-    to_pid = {n: int(n) for n in names}
-  else:
-    # Junk (-1) and distractors (0) keep their meaning; the other names are numbered.
-    special = {n: int(n) for n in names if re.fullmatch(r'-?0*[01]', n) and int(n) in (-1, 0)}
-    others = [n for n in names if n not in special]
-    to_pid = {n: i + 1 for i, n in enumerate(others)}
-    to_pid.update(special)
-    notes.append(f'identity folder names are not all integers: the {len(others)} names were '
-                 f'numbered 1..{len(others)} in sorted order'
-                 + (' (-1 junk and 0 distractors kept)' if special else ''))
+    return {n: int(n) for n in names}
+  special = {n: int(n) for n in names if re.fullmatch(r'-?0*[01]', n) and int(n) in (-1, 0)}
+  others = [n for n in names if n not in special]
+  to_pid = {n: i + 1 for i, n in enumerate(others)}
+  to_pid.update(special)
+  notes.append(f'identity folder names are not all integers: the {len(others)} names were '
+               f'numbered 1..{len(others)} in sorted order'
+               + (' (-1 junk and 0 distractors kept)' if special else ''))
+  return to_pid
+
+
+def _folder_items(raw: dict, to_pid: dict, notes: list) -> dict:
+  """split -> Items. Train images without a camera id get camera 0; when a query or gallery image
+  has none, every query gets camera 0 and every gallery image camera 1."""
   eval_has_cams = all(e[2] is not None for s in ('query', 'gallery') for e in raw[s])
   items = {}
   for split_name, entries in raw.items():
@@ -441,13 +251,27 @@ def _load_folder(name: str, root: str, skip_unreadable: bool, notes: list) -> Re
         cam = camid
       else:
         cam = 0 if split_name == 'query' else 1
-      out.append(_Item(path, to_pid[pid_name], cam))
+      out.append(Item(path, to_pid[pid_name], cam))
     items[split_name] = out
   if not eval_has_cams:
     notes.append('camera ids missing in query/gallery: every query gets camera 0 and every '
                  'gallery image camera 1, so no gallery image is removed by the same-camera rule')
-  return _build(name, root, items['train'], items['query'], items['gallery'], where,
-                skip_unreadable, notes)
+  return items
+
+
+def _load_folder(name: str, root: str, skip_unreadable: bool, notes: list) -> ReidDataset:
+  """A user's own data: root/{train,query,gallery}, PID/ sub-folders or Market-style names."""
+  _require_dir(root, 'dataset root')
+  where = {'train': os.path.join(root, 'train'), 'query': os.path.join(root, 'query'),
+           'gallery': os.path.join(root, 'gallery')}
+  raw = {}
+  for split_name, folder in where.items():
+    _require_dir(folder, f'{split_name} split')
+    raw[split_name] = _split_folder_entries(folder)
+  names = sorted({e[1] for entries in raw.values() for e in entries})
+  items = _folder_items(raw, _number_identities(names, notes), notes)
+  return build_dataset(name, root, items['train'], items['query'], items['gallery'], where,
+                       skip_unreadable, notes)
 
 
 def load_dataset(name: str, root: str, *, skip_unreadable: bool = False) -> ReidDataset:
@@ -481,3 +305,10 @@ def load_dataset(name: str, root: str, *, skip_unreadable: bool = False) -> Reid
   if name == 'folder':
     return _load_folder(name, root, skip_unreadable, notes)
   raise ValueError(f'unknown dataset name {name!r}; expected one of {", ".join(DATASET_NAMES)}')
+
+
+__all__ = [
+    'DATASET_NAMES', 'DUKE_RE', 'GENERIC_RE', 'MARKET_RE', 'ReidDataset', 'Split',
+    'UnreadableImageError', 'check_image_file', 'decode_image_file', 'is_image_name',
+    'load_dataset', 'msmt17_camid',
+]

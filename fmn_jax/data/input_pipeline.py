@@ -1,7 +1,7 @@
 """Input pipeline on the device: gather by index, augment, normalise; stateless samplers.
 
-The decoded training split (uint8 [N, h, w, 3], see `decode_split`) is put in device memory once
-(`DeviceDataset`); each step gathers a batch by index and augments it with jitted jnp code:
+Each training step gathers a batch of the decoded training split (uint8 [N, h, w, 3], see
+`decode_split`) by index and augments it with jitted jnp code:
 
   resize to `image_size` (bilinear) -> pad-and-crop (zero/black padding, a random offset per
   example) -> random horizontal flip -> normalisation -> optional random erasing.
@@ -19,14 +19,12 @@ the ImageNet mean colour (the reference code fills with per-channel mean values 
 100); if none fits, nothing is erased.
 
 Samplers are stateless: `indices(step)` depends only on (seed, step), so a resumed run replays the
-same order. Arrays too large for the device memory budget are served by `HostDataset`, which has
-the same interface and gathers on the host with a background prefetch thread.
+same order. `device_memory_budget` is the size up to which the trainer keeps the split in device
+memory.
 """
 
 import functools
-import queue
-import threading
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -305,146 +303,6 @@ def eval_batches(num_examples: int, batch_size: int) -> Iterator[Tuple[np.ndarra
     yield idx, valid
 
 
-# --------------------------------------------------------------------------------------------------
-# Datasets in device memory, or on the host with prefetch.
-
-@jax.jit
-def _take(array, indices):
-  return jnp.take(array, indices, axis=0)
-
-
-@functools.partial(jax.jit, static_argnames=('image_size', 'pad', 'flip', 'random_erasing',
-                                             'normalization'))
-def _take_augment(rng, images, indices, image_size, pad, flip, random_erasing, normalization):
-  return _augment(rng, jnp.take(images, indices, axis=0), image_size, pad, flip, random_erasing,
-                  normalization)
-
-
-class DeviceDataset:
-  """A uint8 image array (and optional labels) kept in device memory.
-
-  `batch(indices)` gathers on the device; `augmented_batch(rng, indices, ...)` fuses the gather
-  with `augment` in one jitted call. `sharding` places the stored arrays (default: the first
-  device); for data parallelism pass a replicated sharding and reshard the batch in the step.
-  """
-
-  on_device = True
-
-  def __init__(self, images, labels=None, sharding=None):
-    _check_images(images)
-    if labels is not None and len(labels) != images.shape[0]:
-      raise ValueError(f'{len(labels)} labels for {images.shape[0]} images')
-    target = sharding if sharding is not None else jax.devices()[0]
-    self.images = jax.device_put(np.asarray(images), target)
-    self.labels = None if labels is None else jax.device_put(
-        np.asarray(labels, np.int32), target)
-    self.num_examples = int(images.shape[0])
-    self.nbytes = int(np.prod(images.shape)) * np.dtype(images.dtype).itemsize
-
-  def __len__(self) -> int:
-    return self.num_examples
-
-  def batch(self, indices):
-    """(images [B, h, w, 3] uint8, labels [B] int32 or None) for `indices`, on the device."""
-    idx = jnp.asarray(np.asarray(indices), jnp.int32)
-    return _take(self.images, idx), (None if self.labels is None else _take(self.labels, idx))
-
-  def augmented_batch(self, rng, indices, **augment_kwargs):
-    """(augmented float32 images, labels) for `indices`; kwargs as `augment`."""
-    kw = _augment_kwargs(**augment_kwargs)
-    idx = jnp.asarray(np.asarray(indices), jnp.int32)
-    images = _take_augment(rng, self.images, idx, **kw)
-    return images, (None if self.labels is None else _take(self.labels, idx))
-
-  def iterate(self, sampler, start_step: int, num_steps: int):
-    """Yields (step, images, labels) for steps start_step .. start_step + num_steps - 1."""
-    for step in range(start_step, start_step + num_steps):
-      images, labels = self.batch(sampler.indices(step))
-      yield step, images, labels
-
-
-def _augment_kwargs(image_size, pad=10, flip=True, random_erasing=0.0,
-                    normalization='caffe_bgr') -> dict:
-  return dict(image_size=_size_tuple(image_size), pad=int(pad), flip=bool(flip),
-              random_erasing=float(random_erasing), normalization=_check_mode(normalization))
-
-
-class HostDataset:
-  """Same interface as DeviceDataset, for arrays larger than the device memory budget.
-
-  The array stays on the host (e.g. the memory-mapped cache); batches are gathered with numpy
-  and copied to the device, `prefetch` batches ahead in a background thread when iterating.
-  """
-
-  on_device = False
-
-  def __init__(self, images, labels=None, sharding=None, prefetch: int = 2):
-    _check_images(images)
-    if labels is not None and len(labels) != images.shape[0]:
-      raise ValueError(f'{len(labels)} labels for {images.shape[0]} images')
-    self.images = images
-    self.labels = None if labels is None else np.asarray(labels, np.int32)
-    self.target = sharding if sharding is not None else jax.devices()[0]
-    self.prefetch = max(1, int(prefetch))
-    self.num_examples = int(images.shape[0])
-    self.nbytes = int(np.prod(images.shape)) * np.dtype(images.dtype).itemsize
-
-  def __len__(self) -> int:
-    return self.num_examples
-
-  def _host_batch(self, indices):
-    idx = np.asarray(indices, np.int64)
-    order = np.argsort(idx, kind='stable')  # Sequential reads from a memory map.
-    images = np.empty((idx.size,) + tuple(self.images.shape[1:]), self.images.dtype)
-    images[order] = self.images[idx[order]]
-    labels = None if self.labels is None else self.labels[idx]
-    return images, labels
-
-  def batch(self, indices):
-    images, labels = self._host_batch(indices)
-    return (jax.device_put(images, self.target),
-            None if labels is None else jax.device_put(labels, self.target))
-
-  def augmented_batch(self, rng, indices, **augment_kwargs):
-    images, labels = self.batch(indices)
-    return _augment(rng, images, **_augment_kwargs(**augment_kwargs)), labels
-
-  def iterate(self, sampler, start_step: int, num_steps: int):
-    """Like DeviceDataset.iterate, with host gathering in a background thread."""
-    q = queue.Queue(maxsize=self.prefetch)
-    stop = threading.Event()
-
-    def producer():
-      try:
-        for step in range(start_step, start_step + num_steps):
-          if stop.is_set():
-            return
-          item = (step,) + self.batch(sampler.indices(step))
-          while not stop.is_set():
-            try:
-              q.put(item, timeout=0.1)
-              break
-            except queue.Full:
-              continue
-      except Exception as e:  # Surfaced in the consumer.
-        q.put(e)
-        return
-      q.put(None)
-
-    thread = threading.Thread(target=producer, daemon=True)
-    thread.start()
-    try:
-      while True:
-        item = q.get()
-        if item is None:
-          return
-        if isinstance(item, Exception):
-          raise item
-        yield item
-    finally:
-      stop.set()
-
-
 def device_memory_budget(fraction: float = 0.4) -> int:
   """Bytes of device memory a dataset may take: `fraction` of the first device's limit.
 
@@ -460,38 +318,7 @@ def device_memory_budget(fraction: float = 0.4) -> int:
   return int(limit * fraction)
 
 
-def make_train_dataset(images, labels=None, *, memory_budget_bytes: Optional[int] = None,
-                       sharding=None):
-  """DeviceDataset if the array fits the device memory budget, else HostDataset."""
-  _check_images(images)
-  nbytes = int(np.prod(images.shape)) * np.dtype(images.dtype).itemsize
-  budget = device_memory_budget() if memory_budget_bytes is None else memory_budget_bytes
-  if nbytes <= budget:
-    return DeviceDataset(images, labels, sharding)
-  return HostDataset(images, labels, sharding)
-
-
-def eval_arrays(images, batch_size: int, *, image_size, normalization,
-                sharding=None) -> Iterator[Tuple[jnp.ndarray, int]]:
-  """Yields (preprocessed float32 batch [batch_size, H, W, 3], num_valid) over `images` in order.
-
-  The host array is copied to the device batch by batch; batches have a fixed shape.
-  """
-  target = sharding if sharding is not None else jax.devices()[0]
-  for idx, valid in eval_batches(images.shape[0], batch_size):
-    if valid == idx.size:
-      host = np.asarray(images[idx[0]:idx[0] + valid])
-    else:
-      host = np.concatenate([np.asarray(images[idx[0]:idx[0] + valid]),
-                             np.zeros((idx.size - valid,) + tuple(images.shape[1:]),
-                                      images.dtype)])
-    yield preprocess_eval(jax.device_put(host, target), image_size=image_size,
-                          normalization=normalization), valid
-
-
 __all__ = [
-    'NORMALIZATIONS', 'DeviceDataset', 'EpochSampler', 'HostDataset', 'PKSampler', 'augment',
-    'device_memory_budget', 'eval_arrays', 'eval_batches', 'make_sampler', 'make_train_dataset',
-    'normalize',
-    'preprocess_eval',
+    'NORMALIZATIONS', 'EpochSampler', 'PKSampler', 'augment', 'device_memory_budget',
+    'eval_batches', 'make_sampler', 'normalize', 'preprocess_eval',
 ]

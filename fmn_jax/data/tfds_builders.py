@@ -162,6 +162,94 @@ def _decode_record_image(image: np.ndarray, size: tuple) -> np.ndarray:
   return images.resize(image, size)
 
 
+def _built_name(builder_dir: str, name: Optional[str]) -> str:
+  """The builder name recorded in `builder_dir`; ValueError when it is not `name`'s."""
+  with open(os.path.join(builder_dir, 'dataset_info.json'), encoding='utf-8') as f:
+    info = json.load(f)
+  built_name = info.get('name', '')
+  if name and built_name and built_name != builder_name(name):
+    raise ValueError(f'TFDS dataset at {builder_dir} is {built_name}, not {builder_name(name)}')
+  return built_name
+
+
+def _tfds_cache_dir(builder_dir: str, cache_dir: Optional[str]) -> str:
+  """`cache_dir`, else <builder dir>/.fmn_jax_cache if writable, else ~/.cache/fmn_jax/decoded."""
+  if cache_dir is None:
+    cache_dir = os.path.join(builder_dir, '.fmn_jax_cache')
+    try:
+      os.makedirs(cache_dir, exist_ok=True)
+      if not os.access(cache_dir, os.W_OK):
+        raise OSError
+    except OSError:
+      cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'fmn_jax', 'decoded')
+  os.makedirs(cache_dir, exist_ok=True)
+  return cache_dir
+
+
+def _read_cached(img_path: str, meta_path: str) -> Optional[tuple]:
+  """(memory-mapped images, metadata) of a complete cache entry, else None."""
+  if not (os.path.isfile(img_path) and os.path.isfile(meta_path)):
+    return None
+  with np.load(meta_path, allow_pickle=False) as z:
+    meta = {k: z[k] for k in z.files}
+  array = np.load(img_path, mmap_mode='r', allow_pickle=False)
+  if array.shape[0] != meta['pid'].shape[0]:
+    return None
+  return array, meta
+
+
+def _decode_source(source, split_name: str, builder_dir: str, size: tuple, img_path: str,
+                   meta_path: str, progress: bool) -> dict:
+  """Decodes one split's records into the cache entry (img_path, meta_path); its metadata."""
+  n = len(source)
+  if n == 0:
+    raise ValueError(f'empty {split_name} split in TFDS dataset {builder_dir}')
+  tmp = f'{img_path}.tmp-{os.getpid()}-{time.time_ns()}'
+  fields = {'pid': np.empty(n, np.int64), 'camid': np.empty(n, np.int64),
+            'junk': np.empty(n, bool), 'label': np.empty(n, np.int32)}
+  names = []
+  try:
+    out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8,
+                                    shape=(n, size[0], size[1], 3))
+    for i in range(n):
+      ex = source[i]
+      out[i] = _decode_record_image(np.asarray(ex['image']), size)
+      for k in fields:
+        fields[k][i] = ex[k]
+      fn = ex['filename']
+      names.append(fn.decode('utf-8') if isinstance(fn, bytes) else str(fn))
+      if progress and (i + 1) % 5000 == 0:
+        print(f'{split_name}: {i + 1}/{n}', file=sys.stderr)
+    out.flush()
+    del out
+    fields['filename'] = np.array(names, dtype=str)
+    meta_tmp = meta_path + f'.tmp-{os.getpid()}.npz'
+    np.savez(meta_tmp, **fields)
+    os.replace(meta_tmp, meta_path)
+    os.replace(tmp, img_path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return fields
+
+
+def _reid_dataset(meta: dict, name: str, builder_dir: str) -> datasets.ReidDataset:
+  """The ReidDataset of the splits' metadata."""
+  splits = {}
+  for split_name in SPLITS:
+    m = meta[split_name]
+    splits[split_name] = datasets.Split(
+        paths=tuple(str(x) for x in m['filename']), pids=m['pid'].astype(np.int64),
+        camids=m['camid'].astype(np.int64), junk=m['junk'].astype(bool),
+        labels=m['label'].astype(np.int32) if split_name == 'train' else None, name=split_name)
+  train = splits['train']
+  pid_to_label = {int(p): int(l) for p, l in zip(train.pids, train.labels)}
+  return datasets.ReidDataset(
+      name=name, root=builder_dir, train=train,
+      query=splits['query'], gallery=splits['gallery'], num_classes=len(pid_to_label),
+      pid_to_label=pid_to_label, notes=(f'read from the TFDS dataset at {builder_dir}',))
+
+
 def read_decoded(tfds_dir: str, size, *, name: Optional[str] = None,
                  cache_dir: Optional[str] = None,
                  progress: bool = True) -> Tuple[datasets.ReidDataset, Dict[str, np.ndarray]]:
@@ -173,82 +261,25 @@ def read_decoded(tfds_dir: str, size, *, name: Optional[str] = None,
   """
   size = cache.check_size(size)
   builder_dir = find_builder_dir(tfds_dir, name)
-  with open(os.path.join(builder_dir, 'dataset_info.json'), encoding='utf-8') as f:
-    info = json.load(f)
-  built_name = info.get('name', '')
-  if name and built_name and built_name != builder_name(name):
-    raise ValueError(f'TFDS dataset at {builder_dir} is {built_name}, not {builder_name(name)}')
-  if cache_dir is None:
-    cache_dir = os.path.join(builder_dir, '.fmn_jax_cache')
-    try:
-      os.makedirs(cache_dir, exist_ok=True)
-      if not os.access(cache_dir, os.W_OK):
-        raise OSError
-    except OSError:
-      cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'fmn_jax', 'decoded')
-  os.makedirs(cache_dir, exist_ok=True)
+  built_name = _built_name(builder_dir, name)
+  cache_dir = _tfds_cache_dir(builder_dir, cache_dir)
   key = _dir_key(builder_dir, size)
-  tfds = None
   sources = None
   arrays, meta = {}, {}
   for split_name in SPLITS:
     base = os.path.join(cache_dir, f'tfds_{built_name or "reid"}_{split_name}_{size[0]}x'
                                    f'{size[1]}_{key}')
     img_path, meta_path = base + '.npy', base + '.meta.npz'
-    if os.path.isfile(img_path) and os.path.isfile(meta_path):
-      with np.load(meta_path, allow_pickle=False) as z:
-        meta[split_name] = {k: z[k] for k in z.files}
-      arrays[split_name] = np.load(img_path, mmap_mode='r', allow_pickle=False)
-      if arrays[split_name].shape[0] == meta[split_name]['pid'].shape[0]:
-        continue
+    cached = _read_cached(img_path, meta_path)
+    if cached is not None:
+      arrays[split_name], meta[split_name] = cached
+      continue
     if sources is None:
-      tfds = _tfds()
-      sources = tfds.builder_from_directory(builder_dir).as_data_source()
-    source = sources[split_name]
-    n = len(source)
-    if n == 0:
-      raise ValueError(f'empty {split_name} split in TFDS dataset {builder_dir}')
-    tmp = f'{img_path}.tmp-{os.getpid()}-{time.time_ns()}'
-    fields = {'pid': np.empty(n, np.int64), 'camid': np.empty(n, np.int64),
-              'junk': np.empty(n, bool), 'label': np.empty(n, np.int32)}
-    names = []
-    try:
-      out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8,
-                                      shape=(n, size[0], size[1], 3))
-      for i in range(n):
-        ex = source[i]
-        out[i] = _decode_record_image(np.asarray(ex['image']), size)
-        for k in fields:
-          fields[k][i] = ex[k]
-        fn = ex['filename']
-        names.append(fn.decode('utf-8') if isinstance(fn, bytes) else str(fn))
-        if progress and (i + 1) % 5000 == 0:
-          print(f'{split_name}: {i + 1}/{n}', file=sys.stderr)
-      out.flush()
-      del out
-      fields['filename'] = np.array(names, dtype=str)
-      meta_tmp = meta_path + f'.tmp-{os.getpid()}.npz'
-      np.savez(meta_tmp, **fields)
-      os.replace(meta_tmp, meta_path)
-      os.replace(tmp, img_path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-    meta[split_name] = fields
+      sources = _tfds().builder_from_directory(builder_dir).as_data_source()
+    meta[split_name] = _decode_source(sources[split_name], split_name, builder_dir, size,
+                                      img_path, meta_path, progress)
     arrays[split_name] = np.load(img_path, mmap_mode='r', allow_pickle=False)
-  splits = {}
-  for split_name in SPLITS:
-    m = meta[split_name]
-    splits[split_name] = datasets.Split(
-        paths=tuple(str(x) for x in m['filename']), pids=m['pid'].astype(np.int64),
-        camids=m['camid'].astype(np.int64), junk=m['junk'].astype(bool),
-        labels=m['label'].astype(np.int32) if split_name == 'train' else None, name=split_name)
-  train = splits['train']
-  pid_to_label = {int(p): int(l) for p, l in zip(train.pids, train.labels)}
-  ds = datasets.ReidDataset(
-      name=name or built_name[len(BUILDER_PREFIX):], root=builder_dir, train=train,
-      query=splits['query'], gallery=splits['gallery'], num_classes=len(pid_to_label),
-      pid_to_label=pid_to_label, notes=(f'read from the TFDS dataset at {builder_dir}',))
+  ds = _reid_dataset(meta, name or built_name[len(BUILDER_PREFIX):], builder_dir)
   return ds, arrays
 
 
