@@ -23,6 +23,7 @@ import os
 import re
 from typing import Sequence
 
+from fmn_jax.config import DATASET_NAMES
 from fmn_jax.data.image_checks import check_image_file
 from fmn_jax.data.image_checks import decode_image_file
 from fmn_jax.data.image_checks import is_image_name
@@ -32,8 +33,6 @@ from fmn_jax.data.splits import ReidDataset
 from fmn_jax.data.splits import Split
 from fmn_jax.images import UnreadableImageError
 
-DATASET_NAMES = ('market1501', 'dukemtmc', 'cuhk03_labeled', 'cuhk03_detected', 'msmt17',
-                 'folder')
 
 # Market-1501: PPPP_cCsS_FFFFFF_BB.jpg (pid may be -1). The official release has a few names
 # ending in '.jpg.jpg' (e.g. query/1488_c1s6_023021_00.jpg.jpg), hence the repeated extension.

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmn_jax.config import NORMALIZATIONS
 from fmn_jax.data import cache
 
-NORMALIZATIONS = ('caffe_bgr', 'imagenet_rgb')
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
