@@ -115,6 +115,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _check_positive('fmn.margin', config.fmn.margin, allow_zero=True)
   _check_positive('fmn.rank_weight', config.fmn.rank_weight, allow_zero=True)
   _check_positive('eval.batch_size', config.eval.batch_size)
+  max_rank = config.eval.get('max_rank', 50)
+  # The CMC is reported at ranks 1, 5, 10 and 20, so it must reach rank 20.
+  if isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 20:
+    raise ValueError(f'config.eval.max_rank={max_rank!r} must be an integer >= 20')
   _check_positive('checkpoint.every_steps', config.checkpoint.every_steps)
   _check_positive('checkpoint.keep', config.checkpoint.keep)
   _check_positive('log_every_steps', config.log_every_steps)

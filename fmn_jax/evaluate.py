@@ -24,8 +24,10 @@ import numpy as np
 
 from fmn_jax import config as config_lib
 from fmn_jax import features
+from fmn_jax import metrics
 from fmn_jax import parallel
 from fmn_jax import reporting
+from fmn_jax import rerank as rerank_lib
 from fmn_jax import workdir as workdir_lib
 from fmn_jax.data import loading
 
@@ -37,15 +39,15 @@ def evaluate_features(qf: dict, gf: dict, query, gallery, config: ml_collections
   Args:
     qf, gf: `compute_descriptors` outputs of query and gallery.
     query, gallery: `data.Split`s (pids, camids; gallery junk = pid -1).
-    config: run config (eval.k1, eval.k2, eval.lambda_value, eval.rerank).
+    config: run config (eval.k1, eval.k2, eval.lambda_value, eval.rerank, eval.max_rank: the
+      CMC length, at least 20; 50 when unset).
     rerank: override config.eval.rerank.
   Returns:
     {'GRN','LAN','FMN'[, 'FMN+rerank']} -> ranking summary dict (percent).
   """
-  # pylint: disable=g-import-not-at-top
-  from fmn_jax import metrics
-  from fmn_jax import rerank as rerank_lib
   rerank = config.eval.rerank if rerank is None else rerank
+  max_rank = metrics.check_max_rank(config.eval.get('max_rank', 50), 'config.eval.max_rank',
+                                    minimum=metrics.SUMMARY_RANKS[-1])
   ids = (np.asarray(query.pids), np.asarray(gallery.pids), np.asarray(query.camids),
          np.asarray(gallery.camids))
   results = {}
@@ -55,11 +57,12 @@ def evaluate_features(qf: dict, gf: dict, query, gallery, config: ml_collections
     if normalize:
       q, g = features.l2_normalize(q), features.l2_normalize(g)
     dist = metrics.pairwise_distances(q, g)
-    results[method] = _summary(metrics.ranking_summary(dist, *ids))
+    results[method] = _summary(metrics.ranking_summary(dist, *ids, max_rank=max_rank))
   if rerank:
     dist = rerank_lib.rerank_features(qf['descriptor'], gf['descriptor'], k1=config.eval.k1,
                                       k2=config.eval.k2, lambda_value=config.eval.lambda_value)
-    results['FMN+rerank'] = _summary(metrics.ranking_summary(dist, *ids))
+    results['FMN+rerank'] = _summary(metrics.ranking_summary(dist, *ids,
+                                                             max_rank=max_rank))
   return results
 
 

@@ -235,7 +235,7 @@ def export_model(model, variables, config, *, input_size: Optional[Tuple[int, in
   """Exports a trained FMN's inference function; returns ``(Exported, header)``.
 
   Args:
-    model, variables, config: from ``train.restore_model(workdir)``.
+    model, variables, config: from ``workdir.restore_model(workdir)``.
     input_size: (H, W) of the uint8 images the function takes (default
       ``config.input.image_size``; another size is resized inside, bilinearly, as in evaluation).
     platforms: lowering platforms.
@@ -276,11 +276,11 @@ def export_model(model, variables, config, *, input_size: Optional[Tuple[int, in
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from fmn_jax import extract  # pylint: disable=g-import-not-at-top
+  from fmn_jax import tool_flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  out = extract.expand_path(f.out)
+  out = tool_flags.expand_path(f.out)
   size = None
   if f.input_size:
     try:
@@ -290,10 +290,10 @@ def main(argv):
       raise ValueError(f'--input_size must be H,W (positive integers), got {f.input_size!r}'
                        ) from None
   platforms = parse_platforms(f.platforms)  # Checked before the (slow) restore.
-  model, variables, config = extract.restore_from_flags()
+  model, variables, config = tool_flags.restore_from_flags()
   exported, header = export_model(model, variables, config, input_size=size,
                                   platforms=platforms, batch_size=f.batch_size or None)
-  header['workdir'] = os.path.abspath(extract.expand_path(f.workdir))
+  header['workdir'] = os.path.abspath(tool_flags.expand_path(f.workdir))
   write_exported(out, exported, header)
   print(f'wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB): uint8 '
         f'[N, {header["input_size"][0]}, {header["input_size"][1]}, 3] -> descriptor '
@@ -303,8 +303,8 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from fmn_jax import extract  # pylint: disable=g-import-not-at-top
-  extract.define_workdir_flags()
+  from fmn_jax import tool_flags  # pylint: disable=g-import-not-at-top
+  tool_flags.define_workdir_flags()
   flags.DEFINE_string('out', 'fmn.jaxexp', 'Output file.')
   flags.DEFINE_string('input_size', '', 'H,W of the input images (default: the model input '
                       'size config.input.image_size).')
@@ -314,5 +314,5 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from fmn_jax import extract as _extract  # pylint: disable=g-import-not-at-top
-  _extract.run_cli(main, _define_flags)
+  from fmn_jax import tool_flags  # pylint: disable=g-import-not-at-top
+  tool_flags.run_cli(main, _define_flags)

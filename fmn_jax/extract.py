@@ -36,7 +36,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from fmn_jax import images as images_lib
-from fmn_jax import reporting
+from fmn_jax import tool_flags
+# `extract.restore` is the public way to load a trained run (used by the quickstart notebook).
+from fmn_jax.tool_flags import restore  # pylint: disable=unused-import
 
 FEATURES_FORMAT = 'fmn_jax.features/1'
 
@@ -290,61 +292,17 @@ def load_features(path: str) -> Features:
                     meta=meta if isinstance(meta, dict) else {})
 
 
-def restore(workdir: str, allow_unfinished: bool = False):
-  """``(model, variables, config)`` of a trained workdir (``workdir_lib.restore_model``).
-
-  `allow_unfinished`: also take a stage-2 checkpoint before the stage's last step (a stopped run).
-  """
-  workdir = os.path.expanduser(workdir)
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir not found: {workdir!r}')
-  from fmn_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  return workdir_lib.restore_model(workdir, allow_unfinished=allow_unfinished)
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line, shared by fmn_jax.extract, fmn_jax.search, fmn_jax.export and fmn_jax.visualize.
-
-
-def expand_path(path: str) -> str:
-  """``path`` with a leading ``~`` or ``~user`` expanded (the shell leaves ``--flag=~/x`` alone)."""
-  return os.path.expanduser(path) if path else path
-
-
-def expand_paths(value: str) -> str:
-  """`expand_path` of every item of a comma-separated list of paths (one path when it exists)."""
-  if not value or ',' not in value or os.path.exists(expand_path(value)):
-    return expand_path(value)
-  return ','.join(expand_path(item.strip()) for item in value.split(',') if item.strip())
-
-
-def define_workdir_flags() -> None:
-  """``--workdir`` and ``--allow_unfinished``, the same in every tool."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'Trained workdir (fmn_jax.main --workdir).', required=True)
-  flags.DEFINE_bool('allow_unfinished', False, 'Use the latest stage-2 checkpoint even when '
-                    'stage 2 was stopped before its last step (as fmn_jax.evaluate '
-                    '--allow_unfinished).')
-
-
-def restore_from_flags():
-  """`restore` of ``--workdir`` (``~`` expanded) with ``--allow_unfinished``."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  return restore(f.workdir, allow_unfinished=f.allow_unfinished)
-
-
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  out = expand_path(f.out)
-  model, variables, config = restore_from_flags()
-  feats = extract(variables, expand_paths(f.images), config, model=model,
+  out = tool_flags.expand_path(f.out)
+  model, variables, config = tool_flags.restore_from_flags()
+  feats = extract(variables, tool_flags.expand_paths(f.images), config, model=model,
                   batch_size=f.batch_size or None, skip_unreadable=f.skip_unreadable,
                   progress=f.progress)
-  feats.meta['workdir'] = os.path.abspath(expand_path(f.workdir))
+  feats.meta['workdir'] = os.path.abspath(tool_flags.expand_path(f.workdir))
   save_features(out, feats, parts=f.parts)
   print(f'wrote {out}: {len(feats)} images, descriptors {feats.descriptors.shape[1]}-d'
         + (f', {len(feats.skipped)} unreadable skipped' if feats.skipped else ''))
@@ -354,7 +312,7 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  define_workdir_flags()
+  tool_flags.define_workdir_flags()
   flags.DEFINE_string('images', None, 'Folder, image, .txt list or comma-separated list.',
                       required=True)
   flags.DEFINE_string('out', 'features.npz', 'Output .npz.')
@@ -365,22 +323,5 @@ def _define_flags():
   flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 
-def run_cli(main_fn, define_flags_fn) -> None:
-  """absl entry point; bad input (missing file, unreadable image, wrong value) exits with a
-  one-line error naming it instead of a traceback."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  define_flags_fn()
-
-  def wrapped(argv):
-    reporting.quiet_library_logs()
-    try:
-      main_fn(argv)
-    except (FileNotFoundError, ValueError) as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
-
-  app.run(wrapped)
-
-
 if __name__ == '__main__':
-  run_cli(main, _define_flags)
+  tool_flags.run_cli(main, _define_flags)

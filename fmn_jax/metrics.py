@@ -232,6 +232,18 @@ def _as_distmat(distmat) -> np.ndarray:
   return d
 
 
+SUMMARY_RANKS = (1, 5, 10, 20)
+
+
+def check_max_rank(max_rank, name: str = 'max_rank', minimum: int = 1) -> int:
+  """``max_rank`` as an int; a ValueError naming ``name`` unless it is an integer >= minimum."""
+  if (isinstance(max_rank, bool) or not isinstance(max_rank, (int, float, np.integer, np.floating))
+      or int(max_rank) != max_rank or max_rank < minimum):
+    what = 'a positive integer' if minimum == 1 else f'an integer >= {minimum}'
+    raise ValueError(f'{name} must be {what}, got {max_rank!r}')
+  return int(max_rank)
+
+
 def _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
               block_rows: int = 256, num_threads: Optional[int] = None,
               short_limit: Optional[int] = None) -> dict:
@@ -242,9 +254,7 @@ def _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
   g_pids = _as_labels('g_pids', g_pids, ng)
   q_camids = _as_labels('q_camids', q_camids, nq)
   g_camids = _as_labels('g_camids', g_camids, ng)
-  if isinstance(max_rank, bool) or int(max_rank) != max_rank or max_rank < 1:
-    raise ValueError(f'max_rank must be a positive integer, got {max_rank!r}')
-  max_rank = int(max_rank)
+  max_rank = check_max_rank(max_rank)
   g_junk = g_pids == -1
 
   def run_block(r0):
@@ -330,21 +340,22 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50,
           'num_valid': r['num_valid'], 'ap_per_query': r['ap_per_query'][ap]}
 
 
-def ranking_summary(distmat, q_pids, g_pids, q_camids, g_camids) -> dict:
+def ranking_summary(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) -> dict:
   """The numbers a results table reports, in percent (one evaluation pass).
 
+  Args:
+    distmat, q_pids, g_pids, q_camids, g_camids: as `evaluate_ranking`.
+    max_rank: length of the CMC curve computed; at least 20, the last rank reported.
   Returns:
     {'rank1', 'rank5', 'rank10', 'rank20', 'mAP' (standard AP), 'mAP_trapezoid', 'mINP'} as
     Python floats in percent, plus 'num_valid' (int, queries with a true match). With fewer than
     20 gallery items left, rank-k beyond them equals the last rank (see `evaluate_ranking`).
   """
-  r = _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
+  max_rank = check_max_rank(max_rank, minimum=SUMMARY_RANKS[-1])
+  r = _evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
   cmc = r['cmc']
   return {
-      'rank1': 100.0 * float(cmc[0]),
-      'rank5': 100.0 * float(cmc[4]),
-      'rank10': 100.0 * float(cmc[9]),
-      'rank20': 100.0 * float(cmc[19]),
+      **{f'rank{k}': 100.0 * float(cmc[k - 1]) for k in SUMMARY_RANKS},
       'mAP': 100.0 * r['mAP']['standard'],
       'mAP_trapezoid': 100.0 * r['mAP']['trapezoid'],
       'mINP': 100.0 * r['mINP'],

@@ -25,11 +25,13 @@ the reference, in float32 in ascending column order. Divisions are IEEE float32 
 NumPy's. Inputs are non-squared distances, like the reference's; `rerank_features` starts from
 features instead (the reference MATLAB pipeline: L2-normalised features, squared Euclidean
 distance).
+
+The steps are `_nearest_neighbours` (2), `_k_reciprocal_sets` (3), `_query_expansion` (4),
+`_pair_index` and `_jaccard_and_mix` (5, 6); `fmn_jax.rerank_blocks` reads T block by block.
 """
 
 import functools
-import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 from jax import lax
@@ -37,205 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmn_jax import metrics
+from fmn_jax import rerank_blocks
 
 _F32 = jnp.float32
 _I32 = jnp.int32
-_INT32_MAX = 2**31 - 1
-
-
-def _round_up(n: int, minimum: int = 8) -> int:
-  """Rounds n up to a multiple of max(minimum, ~n/16) (few distinct jit shapes, <7% waste)."""
-  n = max(int(n), 1)
-  q = max(minimum, 1 << max(n.bit_length() - 4, 0))
-  return -(-n // q) * q
-
-
-def _div(x, y):
-  """x / y (y broadcast to x) with IEEE division, as NumPy computes it.
-
-  XLA rewrites a division by a broadcast or constant into a multiplication by the reciprocal,
-  which is 1 ulp off for about a quarter of the values; the barrier keeps the true division.
-  """
-  return x / lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(y, x.dtype), x.shape))
-
-
-def _block_elements() -> int:
-  """Elements per [rows, N] work block.
-
-  On the CPU, blocks under ~16 MiB are much faster: larger buffers are freshly mapped (and
-  page-faulted) for every block instead of being reused.
-  """
-  return 2**22 if jax.default_backend() == 'cpu' else 2**25
-
-
-def _block_starts(n: int, b: int):
-  """Starts of blocks of size b covering [0, n); the last one is moved back to n - b."""
-  return [min(s, n - b) for s in range(0, n, b)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Access to T (squared O, not yet row-normalised) from the three input matrices.
-#
-# Row i of T is row i of O = [[qq, qg], [qg^T, gg]]: query rows are [qq[i], qg[i]], gallery
-# rows [qg[:, j], gg[j]]. (The reference takes column i, which is the same for the symmetric
-# qq and gg that distance matrices are; `_check_symmetric` rejects inputs that are not.)
-
-
-def _square(t, square: bool):
-  t = t.astype(_F32)
-  return t * t if square else t
-
-
-def _pass1(left, right, square: bool, k: int):
-  """Top-k neighbours and row maxima of T rows given as left [b, nq] and right [b, ng] parts.
-
-  Each part is searched on its own and the two candidate lists merged, which avoids
-  materialising the concatenated [b, N] block. Ties go to the lower column index, as in one
-  `lax.top_k` over the whole row.
-  """
-  left, right = _square(left, square), _square(right, square)
-  rowmax = jnp.maximum(jnp.max(left, axis=1), jnp.max(right, axis=1))
-  finite = jnp.isfinite(rowmax)  # squares are >= 0; max propagates NaN
-  il = lax.top_k(-_div(left, rowmax[:, None]), min(k, left.shape[1]))[1]
-  ir = lax.top_k(-_div(right, rowmax[:, None]), min(k, right.shape[1]))[1]
-  idx = jnp.concatenate([il, ir + left.shape[1]], axis=1)
-  vals = _div(jnp.concatenate([jnp.take_along_axis(left, il, axis=1),
-                               jnp.take_along_axis(right, ir, axis=1)], axis=1), rowmax[:, None])
-  _, pick = lax.top_k(-vals, k)
-  return jnp.take_along_axis(idx, pick, axis=1).astype(_I32), rowmax, finite
-
-
-@functools.partial(jax.jit, static_argnames=('left_t', 'square', 'k'))
-def _pass1_host(left, right, *, left_t, square, k):
-  return _pass1(left.T if left_t else left, right, square, k)
-
-
-@functools.partial(jax.jit, static_argnames=('gallery', 'b', 'square', 'k'))
-def _pass1_device(qq, qg, gg, start, *, gallery, b, square, k):
-  if gallery:
-    left = lax.dynamic_slice_in_dim(qg, start, b, axis=1).T
-    right = lax.dynamic_slice_in_dim(gg, start, b, axis=0)
-  else:
-    left = lax.dynamic_slice_in_dim(qq, start, b, axis=0)
-    right = lax.dynamic_slice_in_dim(qg, start, b, axis=0)
-  return _pass1(left, right, square, k)
-
-
-@functools.partial(jax.jit, static_argnames=('square',))
-def _gather_device(qq, qg, gg, i, e, *, square):
-  """T[i, e] = O[i, e] for index arrays i, e (all < N)."""
-  nq = qq.shape[0]
-  iq, eq = i < nq, e < nq
-  ig, eg = jnp.maximum(i - nq, 0), jnp.maximum(e - nq, 0)
-  ic, ec = jnp.minimum(i, nq - 1), jnp.minimum(e, nq - 1)
-  t = jnp.where(iq, jnp.where(eq, qq[ic, ec], qg[ic, eg]),
-                jnp.where(eq, qg[ec, ig], gg[ig, eg]))
-  return _square(t, square)
-
-
-def _check_symmetric(name: str, a, num_samples: int = 4096, seed: int = 0) -> None:
-  """Rejects a q_q / g_g matrix that is clearly not symmetric (checked on sampled pairs)."""
-  n = a.shape[0]
-  rng = np.random.default_rng(seed)
-  i = rng.integers(0, n, num_samples)
-  j = rng.integers(0, n, num_samples)
-  x, y = np.asarray(a[i, j], np.float64), np.asarray(a[j, i], np.float64)
-  scale = max(float(np.max(np.abs(x))), 1e-30)
-  bad = np.abs(x - y) > 1e-4 * np.maximum(np.abs(x), np.abs(y)) + 1e-6 * scale
-  if bad.any():
-    r = int(np.argmax(bad))
-    raise ValueError(f'{name} must be a symmetric distance matrix: {name}[{i[r]}, {j[r]}] = '
-                     f'{x[r]} but {name}[{j[r]}, {i[r]}] = {y[r]}')
-
-
-class _HostSource:
-  """T from numpy matrices, streamed to the device block by block (never copied whole)."""
-
-  def __init__(self, q_g, q_q, g_g, squared_inputs: bool):
-    self.qg, self.qq, self.gg = q_g, q_q, g_g
-    # The reference concatenates (promoting to a common dtype), squares in that dtype, then
-    # casts to float32. For float32 this is the same as squaring on the device; other dtypes
-    # are squared here.
-    self.dtype = np.result_type(q_g, q_q, g_g)
-    self.host_square = not squared_inputs and self.dtype != np.float32
-    self.device_square = not squared_inputs and not self.host_square
-
-  def _prep(self, a):
-    if self.host_square:
-      a = np.square(a.astype(self.dtype, copy=False))
-    return jnp.asarray(np.ascontiguousarray(a, dtype=np.float32))
-
-  def pass1(self, start, b, gallery, k):
-    if gallery:
-      left, right = self.qg[:, start:start + b], self.gg[start:start + b]
-    else:
-      left, right = self.qq[start:start + b], self.qg[start:start + b]
-    return _pass1_host(self._prep(left), self._prep(right), left_t=gallery,
-                       square=self.device_square, k=k)
-
-  def gather(self, i, e):
-    i, e = np.asarray(i), np.asarray(e)
-    nq = self.qq.shape[0]
-    out = np.empty(i.shape, self.dtype)
-    iq, eq = i < nq, e < nq
-    for m, a, r, c in ((iq & eq, self.qq, i, e), (iq & ~eq, self.qg, i, e - nq),
-                       (~iq & eq, self.qg, e, i - nq), (~iq & ~eq, self.gg, i - nq, e - nq)):
-      out[m] = a[r[m], c[m]]
-    return _square(self._prep(out), self.device_square)
-
-  def qg_rows(self, start, b):
-    return _square(self._prep(self.qg[start:start + b]), self.device_square)
-
-
-class _DeviceSource:
-  """T from jax arrays already on the device (no host round trip)."""
-
-  def __init__(self, q_g, q_q, g_g, squared_inputs: bool):
-    self.qg, self.qq, self.gg = q_g, q_q, g_g
-    self.square = not squared_inputs
-
-  def pass1(self, start, b, gallery, k):
-    return _pass1_device(self.qq, self.qg, self.gg, start, gallery=gallery, b=b,
-                         square=self.square, k=k)
-
-  def gather(self, i, e):
-    return _gather_device(self.qq, self.qg, self.gg, jnp.asarray(i), jnp.asarray(e),
-                          square=self.square)
-
-  def qg_rows(self, start, b):
-    return _square(lax.dynamic_slice_in_dim(self.qg, start, b, axis=0), self.square)
 
 
 # ----------------------------------------------------------------------------------------------
 # Sparse steps (rows in batches, to bound memory and compilation).
-
-
-def _sort_with_payload(keys, payload, key_bound: int):
-  """Stable sort of int32 keys in [0, key_bound] along the last axis, carrying a payload.
-
-  When key_bound * width fits in int32, the position is packed into the key (one plain integer
-  sort, much faster than a two-operand sort on the CPU).
-  """
-  width = keys.shape[-1]
-  if (key_bound + 1) * width <= _INT32_MAX:
-    packed = jnp.sort(keys * width + jnp.arange(width, dtype=_I32), axis=-1)
-    pos = packed % width
-    return packed // width, jnp.take_along_axis(payload, pos, axis=-1)
-  return lax.sort((keys, payload), dimension=keys.ndim - 1, num_keys=1, is_stable=True)
-
-
-def _map_rows(fn, n: int, batch: int, *args, **static):
-  """Applies fn(*args, rows, **static) to batches of row indices; outputs stacked to n rows.
-
-  The last batch is padded with row n - 1, so every call has the same static shape (a single,
-  small compilation and bounded memory).
-  """
-  batch = min(batch, n)
-  outs = [fn(*args, np.minimum(np.arange(s, s + batch), n - 1).astype(np.int32), **static)
-          for s in range(0, n, batch)]
-  if len(outs) == 1:
-    return outs[0]
-  return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *outs)
 
 
 @functools.partial(jax.jit, static_argnames=('kh',))
@@ -282,10 +93,10 @@ def _expansion_rows(top, half_mask, half_count, rows):
 @jax.jit
 def _kr_weights(t_vals, rowmax, valid):
   """V rows: exp(-T[i, e] / rowmax[i]) normalised over the valid entries."""
-  d = _div(t_vals, rowmax[:, None])
+  d = rerank_blocks.div(t_vals, rowmax[:, None])
   w = jnp.where(valid, jnp.exp(-d), 0.0)
   s = jnp.sum(w, axis=1, keepdims=True)
-  return jnp.where(valid, _div(w, jnp.where(s > 0, s, 1.0)), 0.0)
+  return jnp.where(valid, rerank_blocks.div(w, jnp.where(s > 0, s, 1.0)), 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=('kq',))
@@ -296,14 +107,14 @@ def _qe_rows(top, idx, val, rows, *, kq):
 
   def one_row(i):
     nb = top[i, :kq]
-    keys, vals = _sort_with_payload(idx[nb].reshape(-1), val[nb].reshape(-1), n)
+    keys, vals = rerank_blocks.sort_with_payload(idx[nb].reshape(-1), val[nb].reshape(-1), n)
     start = jnp.concatenate([jnp.ones((1,), bool), keys[1:] != keys[:-1]])
     seg = jnp.cumsum(start) - 1
     out_idx = jnp.full((length,), n, _I32).at[seg].set(keys)
     # Entries of one column are added in neighbour order (the sort is stable), as the
     # reference's float32 mean does.
     out_val = jnp.zeros((length,), _F32).at[seg].add(vals)
-    return out_idx, _div(out_val, kq), jnp.sum(start & (keys < n)).astype(_I32)
+    return out_idx, rerank_blocks.div(out_val, kq), jnp.sum(start & (keys < n)).astype(_I32)
 
   return jax.vmap(one_row)(rows)
 
@@ -355,7 +166,7 @@ def _jaccard_final_block(q_idx, q_val, counts, col_start, ent_rows, ent_vals, ro
   # in the reference's order.
   s = jnp.zeros((qb, n), _F32).at[e // w, ent_rows[src]].add(contrib)
   jaccard = 1.0 - s / (2.0 - s)
-  d = _div(t_qg, lax.dynamic_slice_in_dim(rowmax, start, qb)[:, None])
+  d = rerank_blocks.div(t_qg, lax.dynamic_slice_in_dim(rowmax, start, qb)[:, None])
   return jaccard[:, nq:] * w_jaccard + d * w_dist, jaccard
 
 
@@ -371,33 +182,12 @@ def _check_params(k1, k2, lambda_value):
     raise ValueError(f'lambda_value must lie in [0, 1], got {lambda_value!r}')
 
 
-def _rerank(src, nq: int, ng: int, k1: int, k2: int, lambda_value: float,
-            block_rows: Optional[int] = None, intermediates: bool = False,
-            timings: Optional[dict] = None):
-  """Runs the re-ranking on a _HostSource / _DeviceSource; see the module docstring.
+def _nearest_neighbours(src, nq: int, ng: int, kt: int, block_rows: int):
+  """Step 2: the kt nearest neighbours [N, kt] and the row maxima [N] of T, block by block.
 
-  timings: if a dict, receives the seconds of each phase (the phases are synchronised anyway).
+  Raises a ValueError naming the first item whose distances are non-finite or all zero.
   """
-  clock = [time.perf_counter()]
-
-  def mark(name, *arrays):
-    if timings is not None:
-      jax.block_until_ready(arrays)
-      now = time.perf_counter()
-      timings[name] = now - clock[0]
-      clock[0] = now
-
   n = nq + ng
-  k = min(int(k1) + 1, n)
-  kh = min(int(np.around(k1 / 2.)) + 1, n)
-  kq = min(int(k2), n)
-  # The table holds the first max(k1 + 1, k2) neighbours: the reciprocal sets read its first
-  # k1 + 1 columns, the query expansion its first k2 (which may be more, e.g. k1=3, k2=6).
-  kt = max(k, kq)
-  if block_rows is None:
-    block_rows = max(1, min(1024, _block_elements() // n))
-
-  # Pass 1: nearest neighbours and row maxima, block by block.
   top = np.empty((n, kt), np.int32)
   rowmax = np.empty((n,), np.float32)
   finite = np.empty((n,), bool)
@@ -411,7 +201,7 @@ def _rerank(src, nq: int, ng: int, k1: int, k2: int, lambda_value: float,
 
   for offset, size, gallery in ((0, nq, False), (nq, ng, True)):
     b = min(block_rows, size)
-    for s in _block_starts(size, b):
+    for s in rerank_blocks.block_starts(size, b):
       # Dispatched asynchronously; at most two blocks in flight bound the memory.
       pending.append((offset + s, b, src.pass1(s, b, gallery, kt)))
       if len(pending) > 2:
@@ -423,85 +213,127 @@ def _rerank(src, nq: int, ng: int, k1: int, k2: int, lambda_value: float,
       r = int(np.argmax(bad))
       row = f'query {r}' if r < nq else f'gallery item {r - nq}'
       raise ValueError(f'k-reciprocal re-ranking: the distances of {row} contain {what}')
-  mark('neighbours')
+  return top, rowmax
 
-  # k-reciprocal expansion sets and their weights.
-  top_d = jnp.asarray(top)
-  top_k1 = top_d[:, :k]
+
+def _k_reciprocal_sets(src, top_k1, rowmax, kh: int):
+  """Step 3: the expanded k-reciprocal set of every item and its weights V.
+
+  Args:
+    src: the T source.
+    top_k1: [N, k1 + 1] nearest neighbours (device).
+    rowmax: [N] row maxima of T (device).
+    kh: round(k1 / 2) + 1, the neighbours of the half-size sets R_half.
+  Returns:
+    (idx [N, W] int32 members then N, val [N, W] float32 weights, 0 past the members).
+  """
+  n = top_k1.shape[0]
   half_mask, half_count = _half_sets(top_k1, kh=kh)
-  cand, count = _map_rows(_expansion_rows, n, 2048, top_k1, half_mask, half_count)
-  w1 = min(_round_up(int(jnp.max(count))), cand.shape[1])
-  idx1 = cand[:, :w1]
-  rows = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], (n, w1))
-  idx1_h = np.asarray(idx1)
-  t_vals = src.gather(rows, np.minimum(idx1_h, n - 1))
-  rowmax_d = jnp.asarray(rowmax)
-  val1 = _kr_weights(t_vals, rowmax_d, idx1 < n)
-  mark('k-reciprocal sets', val1)
+  cand, count = rerank_blocks.map_rows(_expansion_rows, n, 2048, top_k1, half_mask, half_count)
+  width = min(rerank_blocks.round_up(int(jnp.max(count))), cand.shape[1])
+  idx = cand[:, :width]
+  rows = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], (n, width))
+  t_vals = src.gather(rows, np.minimum(np.asarray(idx), n - 1))
+  return idx, _kr_weights(t_vals, rowmax, idx < n)
 
-  # Local query expansion (skipped for k2 == 1, as in the reference).
-  if k2 != 1:
-    qe_idx, qe_val, qe_count = _map_rows(_qe_rows, n, 1024, top_d, idx1, val1, kq=kq)
-    w2 = min(_round_up(int(jnp.max(qe_count))), qe_idx.shape[1])
-    idx2, val2 = qe_idx[:, :w2], qe_val[:, :w2]
-  else:
-    idx2, val2 = idx1, val1
-  mark('query expansion', idx2, val2)
 
-  # Jaccard distance of the query rows through the inverted index, then the final mix.
-  ent_rows, ent_vals, col_start, col_count = _inverted_index(idx2, val2)
-  q_idx, q_val = idx2[:nq], val2[:nq]
-  counts_d = _pair_counts(q_idx, col_count)
+def _query_expansion(top, idx, val, kq: int):
+  """Step 4: V[i] = mean of V over the first kq neighbours of i, as sparse rows (idx, val)."""
+  qe_idx, qe_val, qe_count = rerank_blocks.map_rows(_qe_rows, top.shape[0], 1024, top, idx, val,
+                                                    kq=kq)
+  width = min(rerank_blocks.round_up(int(jnp.max(qe_count))), qe_idx.shape[1])
+  return qe_idx[:, :width], qe_val[:, :width]
+
+
+class _PairIndex(NamedTuple):
+  """The (query entry, column entry) pairs of the Jaccard sums, per block of query rows."""
+  ent_rows: jax.Array   # `_inverted_index`
+  ent_vals: jax.Array
+  col_start: jax.Array
+  counts: jax.Array     # [nq, W] pairs of each query entry (device)
+  num_pairs: int        # pairs per block, rounded up (one static shape)
+  qb: int               # query rows per block
+  starts: list          # first query row of each block
+  total_pairs: int
+
+
+def _pair_index(idx, val, nq: int) -> _PairIndex:
+  """The inverted index of V and the pair counts of the query rows (step 5's work list)."""
+  n = idx.shape[0]
+  ent_rows, ent_vals, col_start, col_count = _inverted_index(idx, val)
+  counts_d = _pair_counts(idx[:nq], col_count)
   counts = np.asarray(counts_d)
-  qb = max(1, min(nq, _block_elements() // n))
-  starts = _block_starts(nq, qb)
-  num_pairs = _round_up(max(int(counts[s:s + qb].sum()) for s in starts), 1024)
-  mark('inverted index')
-  if timings is not None:
-    timings['widths'] = (w1, int(idx2.shape[1]), num_pairs, qb)
+  qb = max(1, min(nq, rerank_blocks.block_elements() // n))
+  starts = rerank_blocks.block_starts(nq, qb)
+  num_pairs = rerank_blocks.round_up(max(int(counts[s:s + qb].sum()) for s in starts), 1024)
+  return _PairIndex(ent_rows, ent_vals, col_start, counts_d, num_pairs, qb, starts,
+                    int(counts.sum()))
+
+
+def _jaccard_and_mix(src, idx, val, pairs: _PairIndex, rowmax, lambda_value: float, nq: int,
+                     keep_jaccard: bool):
+  """Steps 5 and 6, block by block of query rows: the Jaccard distances of the query rows and
+  the final mix (1 - lambda) jaccard + lambda d with the gallery columns.
+
+  Returns:
+    (final [nq, ng] float32, jaccard [nq, N] float32 or None unless ``keep_jaccard``).
+  """
+  n = idx.shape[0]
+  q_idx, q_val = idx[:nq], val[:nq]
   w_jaccard, w_dist = np.float32(1 - lambda_value), np.float32(lambda_value)
-  final = np.empty((nq, ng), np.float32)
-  jaccard_all = np.empty((nq, n), np.float32) if intermediates else None
-  for s in starts:
-    fin, jac = _jaccard_final_block(q_idx, q_val, counts_d, col_start, ent_rows, ent_vals,
-                                    rowmax_d, src.qg_rows(s, qb), np.int32(s), w_jaccard, w_dist,
-                                    qb=qb, num_pairs=num_pairs)
+  final = np.empty((nq, n - nq), np.float32)
+  jaccard = np.empty((nq, n), np.float32) if keep_jaccard else None
+  qb = pairs.qb
+  for s in pairs.starts:
+    fin, jac = _jaccard_final_block(q_idx, q_val, pairs.counts, pairs.col_start, pairs.ent_rows,
+                                    pairs.ent_vals, rowmax, src.qg_rows(s, qb), np.int32(s),
+                                    w_jaccard, w_dist, qb=qb, num_pairs=pairs.num_pairs)
     final[s:s + qb] = np.asarray(fin)
-    if intermediates:
-      jaccard_all[s:s + qb] = np.asarray(jac)
-  mark('jaccard + final')
+    if keep_jaccard:
+      jaccard[s:s + qb] = np.asarray(jac)
+  return final, jaccard
+
+
+def _rerank(src, nq: int, ng: int, k1: int, k2: int, lambda_value: float,
+            block_rows: Optional[int] = None, intermediates: bool = False,
+            timings: Optional[dict] = None):
+  """Runs the re-ranking on a `rerank_blocks` source; the steps of the module docstring.
+
+  timings: if a dict, receives the seconds of each phase (the phases are synchronised anyway).
+  """
+  timer = rerank_blocks.PhaseTimer(timings)
+  n = nq + ng
+  k = min(int(k1) + 1, n)
+  kh = min(int(np.around(k1 / 2.)) + 1, n)
+  kq = min(int(k2), n)
+  # The table holds the first max(k1 + 1, k2) neighbours: the reciprocal sets read its first
+  # k1 + 1 columns, the query expansion its first k2 (which may be more, e.g. k1=3, k2=6).
+  kt = max(k, kq)
+  if block_rows is None:
+    block_rows = max(1, min(1024, rerank_blocks.block_elements() // n))
+
+  top, rowmax = _nearest_neighbours(src, nq, ng, kt, block_rows)
+  timer.mark('neighbours')
+  top_d, rowmax_d = jnp.asarray(top), jnp.asarray(rowmax)
+  idx1, val1 = _k_reciprocal_sets(src, top_d[:, :k], rowmax_d, kh)
+  timer.mark('k-reciprocal sets', val1)
+  # Skipped for k2 == 1, as in the reference.
+  idx2, val2 = _query_expansion(top_d, idx1, val1, kq) if k2 != 1 else (idx1, val1)
+  timer.mark('query expansion', idx2, val2)
+  pairs = _pair_index(idx2, val2, nq)
+  timer.mark('inverted index')
+  if timings is not None:
+    timings['widths'] = (int(idx1.shape[1]), int(idx2.shape[1]), pairs.num_pairs, pairs.qb)
+  final, jaccard = _jaccard_and_mix(src, idx2, val2, pairs, rowmax_d, lambda_value, nq,
+                                    keep_jaccard=intermediates)
+  timer.mark('jaccard + final')
   if not intermediates:
     return final
   return final, {
       'initial_rank_top': top, 'rowmax': rowmax,
-      'V_kr': (idx1_h, np.asarray(val1)), 'V_qe': (np.asarray(idx2), np.asarray(val2)),
-      'jaccard': jaccard_all, 'num_pairs': int(counts.sum()),
+      'V_kr': (np.asarray(idx1), np.asarray(val1)), 'V_qe': (np.asarray(idx2), np.asarray(val2)),
+      'jaccard': jaccard, 'num_pairs': pairs.total_pairs,
   }
-
-
-def _make_source(q_g_dist, q_q_dist, g_g_dist, squared_inputs: bool):
-  """Checks shapes and picks where T is read from (device arrays stay on the device)."""
-  on_device = isinstance(g_g_dist, jax.Array)
-  conv = jnp.asarray if on_device else np.asarray
-  qg, qq, gg = conv(q_g_dist), conv(q_q_dist), conv(g_g_dist)
-  for name, a in (('q_g_dist', qg), ('q_q_dist', qq), ('g_g_dist', gg)):
-    if a.ndim != 2:
-      raise ValueError(f'{name} must be 2-D, got shape {tuple(a.shape)}')
-    if not jnp.issubdtype(a.dtype, jnp.floating):
-      raise ValueError(f'{name} must hold floating-point distances, got dtype {a.dtype}')
-  nq, ng = qg.shape
-  if nq == 0 or ng == 0:
-    raise ValueError(f'q_g_dist is empty (shape {tuple(qg.shape)})')
-  if tuple(qq.shape) != (nq, nq):
-    raise ValueError(f'q_q_dist must be [{nq}, {nq}] for q_g_dist {tuple(qg.shape)}, got '
-                     f'{tuple(qq.shape)}')
-  if tuple(gg.shape) != (ng, ng):
-    raise ValueError(f'g_g_dist must be [{ng}, {ng}] for q_g_dist {tuple(qg.shape)}, got '
-                     f'{tuple(gg.shape)}')
-  _check_symmetric('q_q_dist', qq)
-  _check_symmetric('g_g_dist', gg)
-  cls = _DeviceSource if on_device else _HostSource
-  return cls(qg, qq, gg, squared_inputs), nq, ng
 
 
 def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6,
@@ -526,14 +358,14 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6,
     [nq, ng] float32 numpy array, values in [0, 1].
   """
   _check_params(k1, k2, lambda_value)
-  src, nq, ng = _make_source(q_g_dist, q_q_dist, g_g_dist, squared_inputs=False)
+  src, nq, ng = rerank_blocks.make_source(q_g_dist, q_q_dist, g_g_dist, squared_inputs=False)
   return _rerank(src, nq, ng, int(k1), int(k2), float(lambda_value))
 
 
 @jax.jit
 def _l2_normalize(x):
   x = x.astype(_F32)
-  return _div(x, jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+  return rerank_blocks.div(x, jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12))
 
 
 def rerank_features(qf, gf, k1=20, k2=6, lambda_value=0.3) -> np.ndarray:
@@ -568,5 +400,5 @@ def rerank_features(qf, gf, k1=20, k2=6, lambda_value=0.3) -> np.ndarray:
   q_g = sq(qn, gn)
   q_q = sq(qn, qn, zero_diagonal=True)
   g_g = sq(gn, gn, zero_diagonal=True)
-  src = _DeviceSource(q_g, q_q, g_g, squared_inputs=True)
+  src = rerank_blocks.DeviceSource(q_g, q_q, g_g, squared_inputs=True)
   return _rerank(src, q_g.shape[0], q_g.shape[1], int(k1), int(k2), float(lambda_value))

@@ -27,6 +27,7 @@ import numpy as np
 
 from fmn_jax import extract as extract_lib
 from fmn_jax import images as images_lib
+from fmn_jax import tool_flags
 
 SEARCH_FORMAT = 'fmn_jax.search/1'
 
@@ -102,8 +103,8 @@ def _features(source: str, model, variables, config, *, skip_unreadable: bool, p
   """
   if isinstance(source, str) and source.endswith('.npz'):
     feats = extract_lib.load_features(source)
-    # What the file records must be this model's and its evaluation's (older files lack some
-    # keys: those are not checked).
+    # What the file records must be this model's and its evaluation's (a key the file does not
+    # record is not checked).
     wrong = [f'{key} {feats.meta[key]!r} (this model: {value!r})' for key, value in want.items()
              if key in feats.meta and feats.meta[key] != value]
     if wrong:
@@ -155,7 +156,7 @@ def search(model, variables, config, query: str, gallery: str, *, top: int = 10,
   """Ranks ``gallery`` for each image of ``query``; writes search.json and figures to ``out``.
 
   Args:
-    model, variables, config: from ``train.restore_model(workdir)``.
+    model, variables, config: from ``workdir.restore_model(workdir)``.
     query: an image, folder, .txt list, or features .npz.
     gallery: a folder, .txt list, or features .npz (not re-extracted).
     top: results kept per query.
@@ -225,12 +226,13 @@ def _draw(result, q, g, idx, dists, config, out):
   names = figure_names(q.names)
   for i, entry in enumerate(result['queries']):
     row = [thumb(g_paths[int(j)]) for j in idx[i]]
-    labels = [[f'{_wrap(g.names[int(j)])}\nd={dists[i, r]:.3f}' for r, j in enumerate(idx[i])]]
+    labels = [[f'{visualize.wrap_name(g.names[int(j)])}\nd={dists[i, r]:.3f}'
+               for r, j in enumerate(idx[i])]]
     fig = visualize.ranked_list_figure(
         [thumb(q_paths[i])], [row], None,
         title=f'search: {_short(q.names[i], 40)}, top-{idx.shape[1]} of {len(g)} by '
               f'{result["distance"]} distance',
-        query_labels=[_wrap(q.names[i])], gallery_labels=labels)
+        query_labels=[visualize.wrap_name(q.names[i])], gallery_labels=labels)
     name = os.path.join('ranked', names[i])
     visualize.save_figure(fig, os.path.join(out, name))
     entry['figure'] = name
@@ -240,24 +242,17 @@ def _short(name: str, n: int = 16) -> str:
   return name if len(name) <= n else '…' + name[-(n - 1):]
 
 
-def _wrap(name: str, width: int = 12) -> str:
-  """A name on at most two lines of ``width`` characters (the end kept when longer)."""
-  if len(name) > 2 * width:
-    name = '…' + name[-(2 * width - 1):]
-  return name if len(name) <= width else name[:width] + '\n' + name[width:]
-
-
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  out = extract_lib.expand_path(f.out)
-  model, variables, config = extract_lib.restore_from_flags()
-  result = search(model, variables, config, extract_lib.expand_paths(f.query),
-                  extract_lib.expand_paths(f.gallery), top=f.top, rerank=f.rerank, out=out,
+  out = tool_flags.expand_path(f.out)
+  model, variables, config = tool_flags.restore_from_flags()
+  result = search(model, variables, config, tool_flags.expand_paths(f.query),
+                  tool_flags.expand_paths(f.gallery), top=f.top, rerank=f.rerank, out=out,
                   figures=f.figures, skip_unreadable=f.skip_unreadable, progress=f.progress,
-                  workdir=extract_lib.expand_path(f.workdir))
+                  workdir=tool_flags.expand_path(f.workdir))
   print(f'wrote {os.path.join(out, "search.json")}: {len(result["queries"])} queries, '
         f'top-{result["top"]} of {result["num_gallery"]} gallery images'
         + (f', ranked lists in {os.path.join(out, "ranked")}' if f.figures else ''))
@@ -267,7 +262,7 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  extract_lib.define_workdir_flags()
+  tool_flags.define_workdir_flags()
   flags.DEFINE_string('query', None, 'Query image, folder, .txt list or features .npz.',
                       required=True)
   flags.DEFINE_string('gallery', None, 'Gallery folder, .txt list or features .npz.',
@@ -281,4 +276,4 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  extract_lib.run_cli(main, _define_flags)
+  tool_flags.run_cli(main, _define_flags)

@@ -74,7 +74,8 @@ def test_evaluate_features_rows():
   gf = {'g': g_g, 'l': g_l, 'descriptor': desc(g_g, g_l)}
   query = _split([1, 2, 3], [1, 1, 1])
   gallery = _split([1, 2, 3, 0], [2, 2, 2, 2])
-  config = ml_collections.ConfigDict(dict(eval=dict(rerank=False, k1=2, k2=1, lambda_value=0.3)))
+  eval_config = dict(rerank=False, k1=2, k2=1, lambda_value=0.3)
+  config = ml_collections.ConfigDict(dict(eval=eval_config))
   results = evaluate.evaluate_features(qf, gf, query, gallery, config)
   assert set(results) == {'GRN', 'LAN', 'FMN'}
   assert results['GRN']['rank1'] == 100.0 and results['GRN']['mAP'] == 100.0
@@ -83,6 +84,14 @@ def test_evaluate_features_rows():
     assert set(row) >= {'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mAP_trapezoid', 'mINP'}
   with_rerank = evaluate.evaluate_features(qf, gf, query, gallery, config, rerank=True)
   assert 0.0 <= with_rerank['FMN+rerank']['mAP'] <= 100.0
+  # config.eval.max_rank is the CMC length: any valid one gives the same reported ranks.
+  for max_rank in (20, 50, 400):
+    config = ml_collections.ConfigDict(dict(eval=dict(eval_config, max_rank=max_rank)))
+    assert evaluate.evaluate_features(qf, gf, query, gallery, config, rerank=True) == with_rerank
+  for bad in (0, -3, 19, 2.5, '50', True, None):
+    config = ml_collections.ConfigDict(dict(eval=dict(eval_config, max_rank=bad)))
+    with pytest.raises(ValueError, match=r'^config\.eval\.max_rank must be an integer >= 20, got '):
+      evaluate.evaluate_features(qf, gf, query, gallery, config)
 
 
 def test_results_table():

@@ -12,6 +12,7 @@ import pytest
 
 from fmn_jax import extract
 from fmn_jax import images
+from fmn_jax import tool_flags
 from fmn_jax.data import cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,11 +161,11 @@ def test_extract_cli_writes_npz_and_skips(tiny_run, mixed_folder, tmp_path):
 
 def test_cli_paths_expand_home(monkeypatch, tmp_path):
   monkeypatch.setenv("HOME", str(tmp_path))
-  assert extract.expand_path("~/a/q.npz") == str(tmp_path / "a" / "q.npz")
-  assert extract.expand_path("") == "" and extract.expand_path("rel/x") == "rel/x"
-  assert extract.expand_paths("~/a.jpg, ~/b,c/d.png") == f"{tmp_path}/a.jpg,{tmp_path}/b,c/d.png"
+  assert tool_flags.expand_path("~/a/q.npz") == str(tmp_path / "a" / "q.npz")
+  assert tool_flags.expand_path("") == "" and tool_flags.expand_path("rel/x") == "rel/x"
+  assert tool_flags.expand_paths("~/a.jpg, ~/b,c/d.png") == f"{tmp_path}/a.jpg,{tmp_path}/b,c/d.png"
   (tmp_path / "x,y").mkdir()  # An existing path with a comma is one path.
-  assert extract.expand_paths("~/x,y") == str(tmp_path / "x,y")
+  assert tool_flags.expand_paths("~/x,y") == str(tmp_path / "x,y")
 
 
 def test_load_features_names_files_that_are_not_features(tmp_path):

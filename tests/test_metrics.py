@@ -234,6 +234,26 @@ def test_small_gallery_summary():
   assert s['num_valid'] == 1 and abs(s['mAP'] - 100 / 3) < 1e-12
 
 
+def test_max_rank_is_the_cmc_length():
+  rng = np.random.default_rng(3)
+  d = rng.random((6, 30))
+  ids = (np.arange(6) % 3, np.arange(30) % 3, np.zeros(6, int), np.ones(30, int))
+  curves = {k: metrics.evaluate_ranking(d, *ids, max_rank=k)['cmc'] for k in (1, 7, 50, 80)}
+  for k, cmc in curves.items():
+    assert cmc.shape == (k,)
+    np.testing.assert_array_equal(cmc, curves[80][:k])
+  np.testing.assert_array_equal(curves[80][30:], 1.0)  # past the gallery: the last value
+  s50 = metrics.ranking_summary(d, *ids)
+  assert metrics.ranking_summary(d, *ids, max_rank=20) == s50
+  assert s50['rank5'] == 100 * curves[7][4]
+  for bad in (0, -1, 2.5, '5', True, None):
+    with pytest.raises(ValueError, match=r'^max_rank must be a positive integer, got '):
+      metrics.evaluate_ranking(d, *ids, max_rank=bad)
+  with pytest.raises(ValueError, match=r'^max_rank must be an integer >= 20, got 10$'):
+    metrics.ranking_summary(d, *ids, max_rank=10)
+  assert metrics.check_max_rank(np.int64(9)) == 9 and metrics.check_max_rank(9.0) == 9
+
+
 def test_bad_inputs():
   d = np.zeros((2, 3))
   ids = ([1, 2], [1, 2, 3], [1, 1], [2, 2, 2])

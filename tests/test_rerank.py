@@ -8,6 +8,7 @@ import conftest
 
 from fmn_jax import metrics
 from fmn_jax import rerank
+from fmn_jax import rerank_blocks
 
 
 def _euclidean64(a, b):
@@ -86,7 +87,7 @@ def test_intermediates_and_float64_run(golden, extra):
   for key, make in _VARIANTS.items():
     out = rerank.k_reciprocal_rerank(*make(golden))
     np.testing.assert_allclose(out, extra[key + '_f64'], rtol=0, atol=1e-6)
-  src, nq, ng = rerank._make_source(*_VARIANTS['rr_l2'](golden), squared_inputs=False)
+  src, nq, ng = rerank_blocks.make_source(*_VARIANTS['rr_l2'](golden), squared_inputs=False)
   _, inter = rerank._rerank(src, nq, ng, 20, 6, 0.3, intermediates=True)
   np.testing.assert_array_equal(inter['initial_rank_top'], extra['rr_l2_initial_rank_top'])
   n = nq + ng
@@ -124,8 +125,8 @@ def test_features_and_device_inputs(golden):
 def test_blocking_does_not_change_the_result(golden, monkeypatch):
   args = _VARIANTS['rr_l2'](golden)
   want = rerank.k_reciprocal_rerank(*args)
-  monkeypatch.setattr(rerank, '_block_elements', lambda: 460 * 7)   # 7 query rows per block
-  src, nq, ng = rerank._make_source(*args, squared_inputs=False)
+  monkeypatch.setattr(rerank_blocks, 'block_elements', lambda: 460 * 7)   # 7 query rows per block
+  src, nq, ng = rerank_blocks.make_source(*args, squared_inputs=False)
   got = rerank._rerank(src, nq, ng, 20, 6, 0.3, block_rows=9)
   np.testing.assert_array_equal(got, want)
 

@@ -82,7 +82,7 @@ def test_search_cli_with_features_gallery(tiny_model, tiny_run, tmp_path):
   feats = extract.extract(variables, str(gallery_dir), config, model=model, progress=False)
   npz = str(tmp_path / "gallery.npz")
   extract.save_features(npz, feats)
-  shutil.rmtree(gallery_dir)  # Re-extraction would now fail.
+  shutil.rmtree(gallery_dir)  # From here on, re-extracting the gallery would fail.
   qdir = tmp_path / "queries"
   qdir.mkdir()
   names = sorted(os.listdir(os.path.join(data, "query")))[:2]

@@ -74,6 +74,7 @@ def _leaves_with_paths(tree):
     ('grn.batch_size', 0),
     ('fmn.decay_epochs', (-1,)),
     ('fmn.optimizer', 'adagrad'),
+    ('eval.max_rank', 10),
 ])
 def test_validate_config_names_key_and_value(config, key, value):
   section, _, name = key.rpartition('.')

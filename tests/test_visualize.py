@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from fmn_jax import figures
+from fmn_jax import reporting
 from fmn_jax import visualize
 
 
@@ -28,6 +30,15 @@ def test_select_queries_orders():
   assert "worst AP" in visualize.ranked_list_title("FMN", "worst", 3, 5)
   assert "best AP" in visualize.ranked_list_title("FMN", "best", 3, 5)
   assert "random" in visualize.ranked_list_title("FMN", "random", 3, 5)
+
+
+def test_one_definition_of_methods_and_the_drawing_api():
+  assert visualize.METHODS is reporting.METHODS
+  for name in ("ranked_list_figure", "attention_figure", "save_figure", "add_frame", "overlay",
+               "wrap_name", "TRUE_COLOR"):
+    assert getattr(visualize, name) is getattr(figures, name)
+  assert figures.wrap_name("a" * 30, 12) == "…" + "a" * 11 + "\n" + "a" * 12
+  assert figures.wrap_name("short") == "short"
 
 
 def test_overlay_and_frames():
