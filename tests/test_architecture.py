@@ -20,7 +20,7 @@ LAYERS = {
     2: ('models', 'losses', 'pretrained'),
     3: ('stages', 'initialization', 'workdir'),
     4: ('features', 'metrics', 'rerank', 'rerank_blocks', 'evaluate'),
-    5: ('train', 'main', 'cli', 'tool_flags', 'extract', 'search', 'visualize', 'export',
+    5: ('train', 'main', 'cli', 'tool_flags', 'figures', 'extract', 'search', 'visualize', 'export',
         'benchmark'),
 }
 # Modules that may import `fmn_jax.cli` (the command-line parsing of fmn_jax.main).
