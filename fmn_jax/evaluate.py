@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from fmn_jax import config as config_lib
+from fmn_jax import cpu
 from fmn_jax import features
 from fmn_jax import metrics
 from fmn_jax import parallel
@@ -165,6 +166,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  cpu.configure()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS

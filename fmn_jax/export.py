@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from fmn_jax import cpu
 
 MAGIC = b'FMNJAXEX'
 FORMAT_VERSION = 1
@@ -275,6 +276,7 @@ def export_model(model, variables, config, *, input_size: Optional[Tuple[int, in
 
 
 def main(argv):
+  cpu.configure()
   from absl import flags  # pylint: disable=g-import-not-at-top
   from fmn_jax import tool_flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from fmn_jax import cpu
 from fmn_jax import images as images_lib
 from fmn_jax import tool_flags
 # `extract.restore` is the public way to load a trained run (used by the quickstart notebook).
@@ -293,6 +294,7 @@ def load_features(path: str) -> Features:
 
 
 def main(argv):
+  cpu.configure()
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')

@@ -29,6 +29,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fmn_jax import cli
+from fmn_jax import cpu
 
 FLAGS = flags.FLAGS
 EXIT_STOPPED = cli.EXIT_STOPPED
@@ -43,6 +44,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  cpu.configure()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = FLAGS.config

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fmn_jax import cpu
 from fmn_jax import extract as extract_lib
 from fmn_jax import images as images_lib
 from fmn_jax import tool_flags
@@ -243,6 +244,7 @@ def _short(name: str, n: int = 16) -> str:
 
 
 def main(argv):
+  cpu.configure()
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')

@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+from fmn_jax import cpu
 
 from fmn_jax import reporting
 from fmn_jax import tool_flags
@@ -264,6 +265,7 @@ def attention(workdir: str, images=None, *, num: int = 8, out: Optional[str] = N
 
 
 def main(argv):
+  cpu.configure()
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if len(argv) != 2 or argv[1] not in ('ranked', 'attention'):
