@@ -1,7 +1,7 @@
 """CPU speed settings shared by every command: one switch, read from the environment.
 
 `FMN_JAX_CPU_FAST` (default on; '0', 'false', 'no' or 'off' turn it off) selects, when JAX runs
-on the CPU, the convolution forms of `models.cpu_conv`: XLA:CPU's own convolution takes
+on the CPU, the convolution forms of `models_conv.cpu_conv`: XLA:CPU's own convolution takes
 seconds for a 3x3 convolution whose output is smaller than the kernel in a dimension (ResNet-50's
 res5 at 128x64 input: 4x2 maps, 0.8 GFLOP/s), so such convolutions run as one matrix product
 of the gathered 3x3 patches instead. The results equal the convolution's within float32

@@ -1,0 +1,111 @@
+"""fmn_jax.cpu (the CPU speed switch) and models_conv.cpu_conv: on and off give equal results."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fmn_jax import cpu
+from fmn_jax import models
+from fmn_jax import models_conv
+
+
+def test_switch_reads_the_environment(monkeypatch):
+  monkeypatch.delenv(cpu.ENV, raising=False)
+  assert cpu.enabled() and cpu.configure()
+  for off in ('0', 'false', 'OFF', 'no'):
+    monkeypatch.setenv(cpu.ENV, off)
+    assert not cpu.enabled() and not cpu.configure()
+  assert os.environ[cpu.ENV] == '0'
+  monkeypatch.setenv(cpu.ENV, 'maybe')
+  with pytest.raises(ValueError, match="FMN_JAX_CPU_FAST='maybe'"):
+    cpu.enabled()
+
+
+def test_user_xla_flags_are_kept():
+  fast = {'xla_a': 'true', 'xla_b': '2'}
+  assert cpu.merged_xla_flags('', fast) == '--xla_a=true --xla_b=2'
+  assert cpu.merged_xla_flags('--xla_a=false --other', fast) == '--xla_a=false --other --xla_b=2'
+
+
+def test_patch_matmul_shapes():
+  same = ((1, 1), (1, 1))
+  assert models_conv.use_patch_matmul((4, 2), (3, 3), (1, 1), same)      # ResNet-50 res5 at 128x64
+  assert models_conv.use_patch_matmul((2, 4), (3, 3), (1, 1), same)
+  assert models_conv.use_patch_matmul((3, 3), (3, 3), (1, 1), same)      # 9 positions
+  assert not models_conv.use_patch_matmul((8, 4), (3, 3), (1, 1), same)  # res5 at 256x128
+  assert not models_conv.use_patch_matmul((4, 2), (1, 1), (1, 1), ((0, 0), (0, 0)))
+
+
+@pytest.mark.parametrize('shape,kernel,strides,padding', [
+    ((3, 4, 2, 16), (3, 3, 16, 8), (1, 1), ((1, 1), (1, 1))),
+    ((2, 5, 3, 4), (3, 3, 4, 6), (2, 2), ((1, 1), (1, 1))),
+    ((2, 6, 4, 3), (7, 7, 3, 5), (2, 2), ((3, 3), (3, 3))),
+])
+def test_cpu_conv_equals_the_convolution(monkeypatch, shape, kernel, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(shape, np.float32))
+  k = jnp.asarray(rng.standard_normal(kernel, np.float32))
+  dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ('NHWC', 'HWIO', 'NHWC'))
+  want = jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=dn)
+  monkeypatch.setenv(cpu.ENV, '1')
+  assert models_conv.use_patch_matmul(shape[1:3], kernel[:2], strides, padding)
+  jaxpr = str(jax.make_jaxpr(lambda x, k: models_conv.cpu_conv(x, k, strides, padding,
+                                                          dimension_numbers=dn))(x, k))
+  if jax.default_backend() == 'cpu':
+    assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
+  got = models_conv.cpu_conv(x, k, strides, padding, dimension_numbers=dn)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _tiny_fmn():
+  return models.FMN(num_classes=5, stage_sizes=(1, 1, 1, 1), width=4, mask_layer='res2')
+
+
+def _run(monkeypatch, flag, fn):
+  monkeypatch.setenv(cpu.ENV, flag)
+  return jax.tree.map(np.asarray, jax.jit(fn)())   # a fresh trace under this setting
+
+
+def test_fmn_outputs_and_gradients_equal_on_and_off(monkeypatch):
+  model = _tiny_fmn()
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((4, 64, 32, 3), np.float32))  # res5: 2x1 maps
+  y = jnp.asarray([0, 1, 2, 3])
+  variables = model.init(jax.random.key(0), x[:1])
+
+  def features():
+    return model.apply(variables, x)
+
+  def loss_and_grads():
+    def loss_fn(params):
+      out, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                           train=True, mutable=['batch_stats'])
+      return (optax.softmax_cross_entropy_with_integer_labels(out['logits_g'], y).mean()
+              + optax.softmax_cross_entropy_with_integer_labels(out['logits_l'], y).mean())
+    return jax.value_and_grad(loss_fn)(variables['params'])
+
+  monkeypatch.setenv(cpu.ENV, '1')
+  jaxpr = str(jax.make_jaxpr(features)())
+  if jax.default_backend() == 'cpu':
+    assert 'dot_general' in jaxpr and 'concatenate' in jaxpr   # the patch form is in use
+  for fn in (features, loss_and_grads):
+    on, off = _run(monkeypatch, '1', fn), _run(monkeypatch, '0', fn)
+    leaves_on, leaves_off = jax.tree.leaves(on), jax.tree.leaves(off)
+    assert len(leaves_on) == len(leaves_off)
+    for a, b in zip(leaves_on, leaves_off):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(b).max()))
+
+
+def test_parameter_tree_is_the_same_on_and_off(monkeypatch):
+  model = _tiny_fmn()
+  x = jnp.zeros((1, 64, 32, 3))
+  shapes = {}
+  for flag in ('1', '0'):
+    monkeypatch.setenv(cpu.ENV, flag)
+    shapes[flag] = jax.tree.map(lambda a: a.shape, jax.eval_shape(
+        lambda: model.init(jax.random.key(0), x)))
+  assert shapes['1'] == shapes['0']
