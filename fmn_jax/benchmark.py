@@ -2,6 +2,7 @@
 
     python -m fmn_jax.benchmark --what=all --out=results/benchmark_<device>.json
     python -m fmn_jax.benchmark --what=train [--config=configs/market.py] [--train_steps=20]
+    python -m fmn_jax.benchmark --what=cpu --out=results/benchmark_cpu_vs_torch.json
     python -m fmn_jax.benchmark --what=eval
         [--parts=distances,evaluation,rerank,rerank_features,pipeline]
         [--num_query=3368 --num_gallery=19732 --dim=4096] [--repeats=2] [--out=FILE.json]
@@ -24,14 +25,16 @@ extraction of the evaluation, in images per second after compilation and warm-up
 - 'ceiling': a plain ResNet-50 training step built from the same layers (`models.ResNet`,
   softmax cross-entropy, SGD momentum, input already normalised on the device, no FMN), at
   each stage's batch size and the config's compute dtype;
-- 'stage1' (GRN) and 'stage2' (MN + LAN, GRN frozen) steps of `train.make_train_step`,
+- 'stage1' (GRN) and 'stage2' (MN + LAN, GRN frozen) steps of `stages.make_train_step`,
   including the on-device gather and augmentation; with their ratios to the ceiling;
 - 'features': `features.compute_descriptors` (GRN + MN + LAN forward, flip as configured), the
   weights already on the device as in `evaluate.evaluate_model`.
 The steps are timed in `--rounds` interleaved windows of `--train_steps` steps (ceiling, stage 1,
 stage 2, ceiling, ...), so a change of machine load hits all of them alike; the median window is
 reported, with the range.
-`--what=all` runs both and, with --out, writes one JSON.
+`--what=cpu` times ResNet-50 forward and training steps on the CPU beside the same network in
+PyTorch, with the CPU speed switch on and off (`fmn_jax.benchmark_cpu`).
+`--what=all` runs eval and train and, with --out, writes one JSON.
 """
 
 import json
@@ -40,34 +43,18 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from fmn_jax import benchmark_cpu
+from fmn_jax import benchmark_train
+from fmn_jax import cpu
+
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('what', 'eval', ['eval', 'train', 'all'], 'Which benchmark to run.')
-config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'configs', 'market.py'),
-    'Training config whose model, input sizes, batch sizes and dtype --what=train uses.',
-    lock_config=True)
-flags.DEFINE_integer('train_steps', 20, 'Timed steps per training benchmark (after warm-up).')
-flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps before timing (compilation included).')
-flags.DEFINE_integer('num_images', 2048, 'Synthetic training images held on the device.')
-flags.DEFINE_integer('rounds', 3, 'Interleaved timed windows per training step (median kept).')
-flags.DEFINE_list('parts', ['distances', 'evaluation', 'rerank', 'rerank_features', 'pipeline'],
-                  'Parts of --what=eval to run (each in its own process).')
-flags.DEFINE_integer('num_query', 3368, 'Queries (Market-1501: 3,368).')
-flags.DEFINE_integer('num_gallery', 19732, 'Gallery items (Market-1501: 19,732).')
-flags.DEFINE_integer('dim', 4096, 'Feature dimension (FMN descriptor: 4096; pipeline: g and l '
-                     'get half each).')
-flags.DEFINE_integer('seed', 0, 'Seed of the random features.')
-flags.DEFINE_integer('repeats', 2, 'Calls per timed step (the first includes compilation).')
-flags.DEFINE_string('out', None, 'Also write the results as JSON to this file.')
-flags.DEFINE_string('child', None, 'Internal: run this one part in this process, print JSON.')
 
 GIB = 2.0**30
 
@@ -123,9 +110,6 @@ def market_like_data(num_query: int = 3368, num_gallery: int = 19732, dim: int =
 # Measuring.
 
 
-def _rss_gib() -> float:
-  with open('/proc/self/statm') as f:
-    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / GIB
 
 
 def _peak_rss_gib() -> float:
@@ -143,23 +127,6 @@ def _device_peak_gib() -> Optional[float]:
   return stats['peak_bytes_in_use'] / GIB
 
 
-def _timed(fn: Callable, repeats: int, keep: Optional[list] = None) -> dict:
-  """Seconds of each call (results blocked on) and the resident memory before the first.
-
-  If `keep` is a list, the first call's result is appended to it.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  seconds = []
-  rss_before = _rss_gib()
-  for i in range(max(1, repeats)):
-    t0 = time.perf_counter()
-    out = fn()
-    jax.block_until_ready(out)
-    seconds.append(time.perf_counter() - t0)
-    if i == 0 and keep is not None:
-      keep.append(out)
-    del out
-  return {'seconds': seconds, 'rss_before_gib': rss_before}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,9 +154,9 @@ def bench_distances(data: dict, repeats: int, config) -> Dict[str, dict]:
     d -= 2.0 * (qf @ gf.T)
     return d
 
-  res = {'q_g distances': _timed(lambda: metrics.pairwise_distances(qf, gf), repeats),
-         'q_g squared, NumPy BLAS (for comparison)': _timed(numpy_squared, repeats)}
-  res['re-ranking inputs q_g, q_q, g_g'] = _timed(lambda: _rerank_inputs(data), repeats)
+  res = {'q_g distances': benchmark_train.timed(lambda: metrics.pairwise_distances(qf, gf), repeats),
+         'q_g squared, NumPy BLAS (for comparison)': benchmark_train.timed(numpy_squared, repeats)}
+  res['re-ranking inputs q_g, q_q, g_g'] = benchmark_train.timed(lambda: _rerank_inputs(data), repeats)
   return res
 
 
@@ -200,10 +167,10 @@ def bench_evaluation(data: dict, repeats: int, config) -> Dict[str, dict]:
   ids = (data['q_pids'], data['g_pids'], data['q_camids'], data['g_camids'])
   res = {}
   for ap in ('standard', 'trapezoid'):
-    res[f'evaluate_ranking ap={ap}'] = _timed(
+    res[f'evaluate_ranking ap={ap}'] = benchmark_train.timed(
         lambda ap=ap: metrics.evaluate_ranking(dist, *ids, ap=ap)['mAP'], repeats)
   out = []
-  res['ranking_summary (both APs)'] = _timed(lambda: metrics.ranking_summary(dist, *ids), repeats,
+  res['ranking_summary (both APs)'] = benchmark_train.timed(lambda: metrics.ranking_summary(dist, *ids), repeats,
                                              out)
   res['ranking_summary (both APs)']['summary'] = out[0]
   return res
@@ -220,7 +187,7 @@ def bench_rerank(data: dict, repeats: int, config) -> Dict[str, dict]:
   name = 'k_reciprocal_rerank (float32 distance matrices given)'
   out = []
   params = _rerank_params(config)
-  res = {name: _timed(lambda: rerank.k_reciprocal_rerank(q_g, q_q, g_g, **params), repeats, out)}
+  res = {name: benchmark_train.timed(lambda: rerank.k_reciprocal_rerank(q_g, q_q, g_g, **params), repeats, out)}
   ids = (data['q_pids'], data['g_pids'], data['q_camids'], data['g_camids'])
   res[name]['summary'] = metrics.ranking_summary(out[0], *ids)
   return res
@@ -229,7 +196,7 @@ def bench_rerank(data: dict, repeats: int, config) -> Dict[str, dict]:
 def bench_rerank_features(data: dict, repeats: int, config) -> Dict[str, dict]:
   from fmn_jax import rerank  # pylint: disable=g-import-not-at-top
   params = _rerank_params(config)
-  return {'rerank_features (distances included)': _timed(
+  return {'rerank_features (distances included)': benchmark_train.timed(
       lambda: rerank.rerank_features(data['qf'], data['gf'], **params), repeats)}
 
 
@@ -257,7 +224,7 @@ def bench_pipeline(data: dict, repeats: int, config) -> Dict[str, dict]:
   gallery = types.SimpleNamespace(pids=data['g_pids'], camids=data['g_camids'])
   out = []
   name = 'evaluate_features: GRN, LAN, FMN + FMN re-ranking'
-  res = {name: _timed(lambda: evaluate.evaluate_features(qf, gf, query, gallery, config,
+  res = {name: benchmark_train.timed(lambda: evaluate.evaluate_features(qf, gf, query, gallery, config,
                                                          rerank=True), repeats, out)}
   res[name]['summary'] = out[0]['FMN+rerank']
   return res
@@ -268,149 +235,14 @@ EVAL_PARTS = {'distances': bench_distances, 'evaluation': bench_evaluation,
               'pipeline': bench_pipeline}
 
 
-# ----------------------------------------------------------------------------------------------
-# --what=train: training steps and feature extraction, images per second.
 
 
-def _run_steps(step: Callable, state, steps: int):
-  """Runs `state = step(state)` `steps` times, blocked on; returns (seconds, state)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state = step(state)
-  jax.block_until_ready(state)
-  return time.perf_counter() - t0, state
 
 
-def _rate(windows: List[float], count: int) -> dict:
-  """Items per second of the median window and the range over the windows (seconds each)."""
-  rates = sorted(count / s for s in windows)
-  return {'images_per_second': float(np.median(rates)),
-          'images_per_second_range': [rates[0], rates[-1]]}
 
 
-def bench_training(config, steps: int, warmup: int, num_images: int, rounds: int = 3) -> dict:
-  """Images/s of the ceiling, stage-1 and stage-2 steps and feature extraction."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from fmn_jax import features
-  from fmn_jax import models
-  from fmn_jax import parallel
-  from fmn_jax import train
-  # pylint: enable=g-import-not-at-top
-  mesh = parallel.create_mesh()
-  num_classes = 751
-  rng = np.random.default_rng(0)
-  h, w = config.dataset.cache_size
-  images = rng.integers(0, 256, (num_images, h, w, 3), dtype=np.uint8)
-  labels = rng.integers(0, num_classes, num_images).astype(np.int32)
-  model = train.create_model(config, num_classes)
-  variables = train.init_variables(model, config, load_pretrained=False)
-  ih, iw = config.input.image_size
-  out = {'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
-         'num_devices': jax.device_count(), 'image_size': [ih, iw],
-         'dtype': config.model.dtype, 'width': config.model.width,
-         'stage_sizes': list(config.model.stage_sizes), 'mask_layer': config.model.mask_layer,
-         'steps': steps, 'warmup_steps': max(1, warmup), 'rounds': max(1, rounds),
-         'num_images': num_images}
-  repl, shard = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  # name -> (step: state -> state, state, batch size, ceiling name or None)
-  runs = {}
-
-  # Ceiling: the same ResNet-50 layers, plain softmax step on a fixed normalised batch, at each
-  # stage's batch size.
-  net = models.ResNet(num_classes=num_classes, width=config.model.width,
-                      stage_sizes=tuple(config.model.stage_sizes),
-                      stride_layout=config.model.stride_layout,
-                      dtype=model.dtype)
-  tx = optax.sgd(0.01, momentum=0.9)
-
-  def plain_step(s, x, y):
-    def loss_fn(p):
-      logits, upd = net.apply({'params': p, 'batch_stats': s['batch_stats']}, x, train=True,
-                              mutable=['batch_stats'])
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits.astype(jnp.float32), y).mean(), upd['batch_stats']
-    (_, bstats), g = jax.value_and_grad(loss_fn, has_aux=True)(s['params'])
-    upd, opt = tx.update(g, s['opt'], s['params'])
-    return {'params': optax.apply_updates(s['params'], upd), 'batch_stats': bstats, 'opt': opt}
-
-  plain_jit = jax.jit(plain_step, in_shardings=(repl, shard, shard), out_shardings=repl,
-                      donate_argnums=(0,))
-  init = jax.jit(lambda k: net.init(k, jnp.zeros((1, ih, iw, 3), jnp.float32), train=False))
-  for bs in sorted({config.grn.batch_size, config.fmn.batch_size}):
-    x = parallel.global_array(rng.standard_normal((bs, ih, iw, 3), np.float32), shard)
-    y = parallel.global_array(labels[np.arange(bs) % num_images], shard)
-    v = init(jax.random.key(0, impl='unsafe_rbg'))
-    # Placed with the step's sharding, so the first call and the next compile the same program.
-    plain = jax.device_put({'params': v['params'], 'batch_stats': v['batch_stats'],
-                            'opt': tx.init(v['params'])}, repl)
-    runs[f'ceiling_b{bs}'] = (lambda s, x=x, y=y: plain_jit(s, x, y), plain, bs, None)
-
-  # Stage 1 and stage 2, as the trainer runs them.
-  timages = train.TrainImages(images, labels, mesh, on_device=True)
-  key = jax.random.key(0)
-  for stage, stage_cfg, make_state in (('stage1', config.grn, train.grn_state),
-                                       ('stage2', config.fmn, train.fmn_state)):
-    bs = stage_cfg.batch_size
-    parallel.check_batch_size(bs, f'{stage} batch_size', mesh)
-    spe = max(1, num_images // bs)
-    stage_tx = train.make_optimizer(stage_cfg, spe)
-    state = jax.device_put(make_state(variables, stage_tx), repl)
-    step_fn = train.make_train_step('grn' if stage == 'stage1' else 'fmn', model, stage_tx,
-                                    config, mesh, on_device=True)
-    batches = [timages.batch(np.arange(i * bs, (i + 1) * bs) % num_images) for i in range(4)]
-    counter = [0]
-
-    def one(s, step_fn=step_fn, batches=batches, counter=counter):
-      counter[0] += 1
-      return step_fn(s, batches[counter[0] % len(batches)], key)[0]
-
-    runs[stage] = (one, state, bs, f'ceiling_b{bs}')
-
-  # Warm-up (compilation included), then interleaved timed windows.
-  states = {}
-  for name, (step, state, _, _) in runs.items():
-    _, states[name] = _run_steps(step, state, max(1, warmup))
-  windows = {name: [] for name in runs}
-  for _ in range(max(1, rounds)):
-    for name, (step, _, _, _) in runs.items():
-      seconds, states[name] = _run_steps(step, states[name], steps)
-      windows[name].append(seconds)
-  del states
-  for name, (_, _, bs, ceiling) in runs.items():
-    r = dict(_rate(windows[name], steps * bs), batch_size=bs)
-    if ceiling is not None:
-      r['ratio_to_ceiling'] = r['images_per_second'] / out[ceiling]['images_per_second']
-    out[name] = r
-  out['ceiling'] = out[f'ceiling_b{config.grn.batch_size}']
-
-  # Feature extraction (evaluation forward, flip as configured), weights already on the device.
-  variables = parallel.replicate_tree(variables, mesh)
-  n = min(num_images, max(8 * config.eval.batch_size, 256))
-  features.compute_descriptors(model, variables, images[:config.eval.batch_size], config,
-                               mesh=mesh, progress=False)   # compile
-  seconds = _timed(lambda: features.compute_descriptors(
-      model, variables, images[:n], config, mesh=mesh, progress=False), rounds)['seconds']
-  out['features'] = dict(_rate(seconds, n), batch_size=config.eval.batch_size,
-                         flip=bool(config.eval.flip), num_images=n)
-  return out
 
 
-def _print_training(r: dict) -> None:
-  print(f'[train] {r["backend"]}: {r["device"]} x{r["num_devices"]}, input {r["image_size"]}, '
-        f'{r["dtype"]}, width {r["width"]}')
-  names = [n for n in r if n.startswith('ceiling_b')] + ['stage1', 'stage2', 'features']
-  for name in names:
-    m = r[name]
-    ratio = f'  ({m["ratio_to_ceiling"]:.2f} of the ceiling)' if 'ratio_to_ceiling' in m else ''
-    lo, hi = m['images_per_second_range']
-    print(f'  {name:12s} {m["images_per_second"]:9.1f} images/s (windows {lo:.1f}-{hi:.1f})  '
-          f'batch {m["batch_size"]}{ratio}')
-  sys.stdout.flush()
 
 
 def _run_child(part: str) -> dict:
@@ -472,7 +304,32 @@ def _print_part(r: dict) -> None:
   sys.stdout.flush()
 
 
+def define_flags() -> None:
+  """The command-line flags (defined when run as a command, so importing this module is free)."""
+  flags.DEFINE_enum('what', 'eval', ['eval', 'train', 'cpu', 'all'], 'Which benchmark to run.')
+  config_flags.DEFINE_config_file(
+      'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             'configs', 'market.py'),
+      'Training config whose model, input sizes, batch sizes and dtype --what=train uses.',
+      lock_config=True)
+  flags.DEFINE_integer('train_steps', 20, 'Timed steps per training benchmark (after warm-up).')
+  flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps before timing (compilation included).')
+  flags.DEFINE_integer('num_images', 2048, 'Synthetic training images held on the device.')
+  flags.DEFINE_integer('rounds', 3, 'Interleaved timed windows per training step (median kept).')
+  flags.DEFINE_list('parts', ['distances', 'evaluation', 'rerank', 'rerank_features', 'pipeline'],
+                    'Parts of --what=eval to run (each in its own process).')
+  flags.DEFINE_integer('num_query', 3368, 'Queries (Market-1501: 3,368).')
+  flags.DEFINE_integer('num_gallery', 19732, 'Gallery items (Market-1501: 19,732).')
+  flags.DEFINE_integer('dim', 4096, 'Feature dimension (FMN descriptor: 4096; pipeline: g and l '
+                       'get half each).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the random features.')
+  flags.DEFINE_integer('repeats', 2, 'Calls per timed step (the first includes compilation).')
+  flags.DEFINE_string('out', None, 'Also write the results as JSON to this file.')
+  flags.DEFINE_string('child', None, 'Internal: run this one part in this process, print JSON.')
+
+
 def main(argv):
+  cpu.configure()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.child:
@@ -493,9 +350,13 @@ def main(argv):
       print(f'wrote {FLAGS.out}')
 
   if FLAGS.what in ('train', 'all'):
-    results['train'] = bench_training(FLAGS.config, FLAGS.train_steps, FLAGS.warmup_steps,
+    results['train'] = benchmark_train.bench_training(FLAGS.config, FLAGS.train_steps, FLAGS.warmup_steps,
                                       FLAGS.num_images, FLAGS.rounds)
-    _print_training(results['train'])
+    benchmark_train.print_training(results['train'])
+    save()
+  if FLAGS.what == 'cpu':
+    results['cpu'] = benchmark_cpu.bench_cpu(rounds=FLAGS.rounds)
+    benchmark_cpu.print_cpu(results['cpu'])
     save()
   if FLAGS.what in ('eval', 'all'):
     print(f'--what=eval: {FLAGS.num_query} queries x {FLAGS.num_gallery} gallery, '
@@ -505,4 +366,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -7,6 +7,8 @@ import types
 import pytest
 
 from fmn_jax import benchmark
+from fmn_jax import benchmark_cpu
+from fmn_jax import benchmark_train
 from fmn_jax import cli
 from fmn_jax import evaluate
 
@@ -21,7 +23,7 @@ def test_training_benchmark_reports_images_per_second_and_ratios():
   config = _demo_ci_config()
   with config.unlocked():
     config.fmn.batch_size = 2 * config.grn.batch_size   # stage 2 gets a ceiling of its own
-  r = benchmark.bench_training(config, steps=2, warmup=1, num_images=64, rounds=2)
+  r = benchmark_train.bench_training(config, steps=2, warmup=1, num_images=64, rounds=2)
   b1, b2 = config.grn.batch_size, config.fmn.batch_size
   for name in (f'ceiling_b{b1}', f'ceiling_b{b2}', 'stage1', 'stage2', 'features'):
     lo, hi = r[name]['images_per_second_range']
@@ -54,3 +56,30 @@ def test_pipeline_part_is_what_evaluate_runs():
   assert m['summary'] == want['FMN+rerank']
   with pytest.raises(ValueError, match='--dim must be even'):
     benchmark.bench_pipeline(benchmark.market_like_data(5, 40, 9, num_ids=4), 1, config)
+
+
+def test_cpu_part_counts_resnet50_and_builds_the_same_network_in_torch():
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from fmn_jax import models
+  # ResNet-50 v1 (stride on the 1x1) at 224x224 with the 1000-class head: 3.86 G multiply-adds,
+  # the paper's "3.8 billion FLOPs" (v1.5, stride on the 3x3, has 4.09).
+  assert 3.80e9 < benchmark_cpu.resnet50_forward_flops(224, 224, 1000) / 2 < 3.90e9
+  assert benchmark_cpu.resnet50_forward_flops(128, 64) < benchmark_cpu.resnet50_forward_flops(
+      256, 128) / 3.5
+  net = models.ResNet(stage_sizes=benchmark_cpu.STAGE_SIZES, num_classes=751)
+  shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 32, 3)))['params']
+  jax_count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+  torch_net = benchmark_cpu._torch_resnet50(751)  # pylint: disable=protected-access
+  torch_count = sum(p.numel() for p in torch_net.parameters())
+  assert jax_count == torch_count
+  with torch.no_grad():
+    out = torch_net.eval()(torch.zeros(2, 3, 128, 64).to(memory_format=torch.channels_last))
+  assert tuple(out.shape) == (2, 751)
+
+
+def test_cpu_part_measures_against_the_matmul_ceiling():
+  c = benchmark_cpu.matmul_ceiling(n=256, calls=2)
+  assert set(c) == {'jax', 'torch'} and all(v > 0 for v in c.values())
