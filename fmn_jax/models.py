@@ -32,11 +32,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fmn_jax import config as config_lib
 from fmn_jax.models_conv import cpu_conv
 
 STAGE_NAMES = ('res2', 'res3', 'res4', 'res5')
-MASK_LAYERS = ('pool1', 'res2', 'res3', 'res4')
-STRIDE_LAYOUTS = ('v1', 'v1.5')
+MASK_LAYERS = config_lib.MASK_LAYERS
+STRIDE_LAYOUTS = config_lib.STRIDE_LAYOUTS
 
 # He initialisation as torchvision (kaiming_normal_, mode='fan_out', nonlinearity='relu').
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -227,7 +228,7 @@ class MixingNetwork(nn.Module):
     height, width = spatial_shape
     g = g.astype(jnp.float32)
     if self.normalize_input:
-      g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
+      g = l2_normalize(g)
     m = nn.Dense(height * width, dtype=jnp.float32, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.normal(self.kernel_stddev),
                  bias_init=nn.initializers.constant(self.bias_init), name='fc')(g)
@@ -289,11 +290,17 @@ class LocallyAttentiveNetwork(nn.Module):
     return l, self.fc(l)
 
 
+def l2_normalize(v: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+  """v / max(||v||, eps) along the last axis (the unit vectors of Eq. 6 and of the MN input).
+
+  `features.l2_normalize` is the host (NumPy) form for arrays already copied off the device.
+  """
+  return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
+
+
 def descriptor(g: jnp.ndarray, l: jnp.ndarray, alpha: float = 0.5) -> jnp.ndarray:
   """Eq. 6: D = [alpha * g / ||g||, (1 - alpha) * l / ||l||] (float32)."""
-  def unit(v):
-    v = v.astype(jnp.float32)
-    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+  unit = lambda v: l2_normalize(v.astype(jnp.float32))
   return jnp.concatenate([alpha * unit(g), (1.0 - alpha) * unit(l)], axis=-1)
 
 

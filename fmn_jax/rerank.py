@@ -364,6 +364,9 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6,
 
 @jax.jit
 def _l2_normalize(x):
+  """Rows of x over their norms with IEEE division (`rerank_blocks.div`), so that the features
+  re-ranked on the device equal NumPy's normalisation bit for bit (`models.l2_normalize` lets
+  XLA multiply by the reciprocal instead)."""
   x = x.astype(_F32)
   return rerank_blocks.div(x, jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12))
 
