@@ -27,7 +27,8 @@ BATCH = 32
 SIZES = ((256, 128), (128, 64))
 
 
-def resnet50_forward_flops(h: int, w: int, num_classes: int = 0) -> float:
+def resnet50_forward_flops(h: int, w: int, num_classes: int = 0,
+                           stage_sizes: Tuple[int, ...] = STAGE_SIZES) -> float:
   """FLOPs (2 per multiply-add) of the convolutions and the classifier of ResNet-50 v1."""
   def out(n, k, s, p):
     return (n + 2 * p - k) // s + 1
@@ -36,7 +37,7 @@ def resnet50_forward_flops(h: int, w: int, num_classes: int = 0) -> float:
   macs += h * w * 7 * 7 * 3 * 64
   h, w = out(h, 3, 2, 1), out(w, 3, 2, 1)
   cin = 64
-  for i, blocks in enumerate(STAGE_SIZES):
+  for i, blocks in enumerate(stage_sizes):
     f = 64 * 2**i
     for b in range(blocks):
       s = 2 if (b == 0 and i > 0) else 1
@@ -48,7 +49,7 @@ def resnet50_forward_flops(h: int, w: int, num_classes: int = 0) -> float:
   return 2.0 * (macs + cin * num_classes)
 
 
-def _torch_resnet50(num_classes: int):
+def _torch_resnet50(num_classes: int, stage_sizes: Tuple[int, ...] = STAGE_SIZES):
   """ResNet-50 v1 (stride on the first 1x1 of a block) in PyTorch, channels_last."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
@@ -71,7 +72,7 @@ def _torch_resnet50(num_classes: int):
   layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1)]
   cin = 64
-  for i, blocks in enumerate(STAGE_SIZES):
+  for i, blocks in enumerate(stage_sizes):
     f = 64 * 2**i
     for b in range(blocks):
       layers.append(Block(cin, f, 2 if (b == 0 and i > 0) else 1))
@@ -82,13 +83,14 @@ def _torch_resnet50(num_classes: int):
   return nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
 
-def _jax_tasks(h: int, w: int, fast: bool, rng) -> Dict[str, Callable[[], object]]:
+def _jax_tasks(h: int, w: int, fast: bool, rng, batch: int,
+               stage_sizes: Tuple[int, ...]) -> Dict[str, Callable[[], object]]:
   """{'forward', 'train'}: one call each, jitted with the switch `fast` (traced in)."""
   os.environ[cpu.ENV] = '1' if fast else '0'
-  x = jnp.asarray(rng.standard_normal((BATCH, h, w, 3), np.float32))
-  y = jnp.asarray(rng.integers(0, NUM_CLASSES, BATCH), jnp.int32)
-  body = models.ResNet(stage_sizes=STAGE_SIZES, num_classes=None)
-  net = models.ResNet(stage_sizes=STAGE_SIZES, num_classes=NUM_CLASSES)
+  x = jnp.asarray(rng.standard_normal((batch, h, w, 3), np.float32))
+  y = jnp.asarray(rng.integers(0, NUM_CLASSES, batch), jnp.int32)
+  body = models.ResNet(stage_sizes=stage_sizes, num_classes=None)
+  net = models.ResNet(stage_sizes=stage_sizes, num_classes=NUM_CLASSES)
   v = jax.jit(lambda k: net.init(k, x[:1]))(jax.random.key(0))
   vb = {'params': {k: p for k, p in v['params'].items() if k != 'fc'},
         'batch_stats': v['batch_stats']}
@@ -105,7 +107,10 @@ def _jax_tasks(h: int, w: int, fast: bool, rng) -> Dict[str, Callable[[], object
     return {'params': optax.apply_updates(s['params'], u), 'opt': opt, **upd}
 
   step = jax.jit(step, donate_argnums=(0,))
-  state = [{'params': v['params'], 'batch_stats': v['batch_stats'], 'opt': tx.init(v['params'])}]
+  # The training state gets its own copies: the step donates them, the forward keeps `vb`.
+  own = jax.tree_util.tree_map(jnp.copy, v)
+  state = [{'params': own['params'], 'batch_stats': own['batch_stats'],
+            'opt': tx.init(own['params'])}]
 
   def train():
     state[0] = step(state[0], x, y)
@@ -118,13 +123,14 @@ def _jax_tasks(h: int, w: int, fast: bool, rng) -> Dict[str, Callable[[], object
   return tasks
 
 
-def _torch_tasks(h: int, w: int, rng) -> Dict[str, Callable[[], object]]:
+def _torch_tasks(h: int, w: int, rng, batch: int,
+                 stage_sizes: Tuple[int, ...]) -> Dict[str, Callable[[], object]]:
   import torch  # pylint: disable=g-import-not-at-top
-  x = torch.from_numpy(rng.standard_normal((BATCH, 3, h, w)).astype(np.float32)).to(
+  x = torch.from_numpy(rng.standard_normal((batch, 3, h, w)).astype(np.float32)).to(
       memory_format=torch.channels_last)
-  y = torch.from_numpy(rng.integers(0, NUM_CLASSES, BATCH))
-  body = _torch_resnet50(0).eval()
-  net = _torch_resnet50(NUM_CLASSES).train()
+  y = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch))
+  body = _torch_resnet50(0, stage_sizes).eval()
+  net = _torch_resnet50(NUM_CLASSES, stage_sizes).train()
   opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
   def forward():
@@ -168,36 +174,39 @@ def matmul_ceiling(n: int = 2048, calls: int = 5) -> Dict[str, float]:
   return out
 
 
-def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0) -> dict:
-  """The comparison of the module docstring; returns the JSON-ready results."""
+def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch: int = BATCH,
+              stage_sizes: Tuple[int, ...] = STAGE_SIZES, ceiling_n: int = 2048) -> dict:
+  """The comparison of the module docstring; returns the JSON-ready results. `sizes`, `batch`,
+  `stage_sizes` and `ceiling_n` (the matrix size of the ceiling) make a smaller run."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
   switch = os.environ.get(cpu.ENV)
-  ceiling = matmul_ceiling()
+  ceiling = matmul_ceiling(ceiling_n)
   peak = max(ceiling.values())
-  result = {'what': 'cpu', 'batch_size': BATCH, 'dtype': 'float32', 'rounds': rounds,
+  result = {'what': 'cpu', 'batch_size': batch, 'stage_sizes': list(stage_sizes), 'dtype': 'float32', 'rounds': rounds,
             'calls_per_window': calls, 'cpu_count': os.cpu_count(),
             'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads(),
             'matmul_ceiling_gflops': ceiling, 'loadavg_before': list(os.getloadavg()),
             'sizes': {}}
   rng = np.random.default_rng(seed)
   try:
-    for h, w in SIZES:
-      impls = {'jax': _jax_tasks(h, w, True, rng),
-               'jax_switch_off': _jax_tasks(h, w, False, rng), 'torch': _torch_tasks(h, w, rng)}
+    for h, w in sizes:
+      impls = {'jax': _jax_tasks(h, w, True, rng, batch, stage_sizes),
+               'jax_switch_off': _jax_tasks(h, w, False, rng, batch, stage_sizes),
+               'torch': _torch_tasks(h, w, rng, batch, stage_sizes)}
       windows: Dict[Tuple[str, str], List[float]] = {}
       for _ in range(rounds):
         for impl, tasks in impls.items():
           for task, fn in tasks.items():
             windows.setdefault((impl, task), []).append(_window(fn, calls))
-      flops = {'forward': resnet50_forward_flops(h, w) * BATCH,
-               'train': 3 * resnet50_forward_flops(h, w, NUM_CLASSES) * BATCH}
+      flops = {'forward': resnet50_forward_flops(h, w, 0, stage_sizes) * batch,
+               'train': 3 * resnet50_forward_flops(h, w, NUM_CLASSES, stage_sizes) * batch}
       size = {}
       for (impl, task), secs in windows.items():
         med = float(np.median(secs))
         size.setdefault(task, {})[impl] = {
             'seconds_per_batch': med, 'seconds_range': [min(secs), max(secs)],
-            'images_per_second': BATCH / med, 'gflops': flops[task] / med / 1e9,
+            'images_per_second': batch / med, 'gflops': flops[task] / med / 1e9,
             'of_matmul_ceiling': flops[task] / med / 1e9 / peak}
       for task, rows in size.items():
         rows['jax_over_torch'] = (rows['jax']['images_per_second']

@@ -26,7 +26,7 @@ Both share one parameter tree. All convolutions use explicit symmetric padding (
 """
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -55,14 +55,18 @@ def _check_config(stage_sizes, stride_layout):
     raise ValueError(f'stride_layout must be one of {STRIDE_LAYOUTS}, got {stride_layout!r}')
 
 
-def _bn(train: bool, dtype: Any, momentum: float, epsilon: float) -> Callable[..., nn.Module]:
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum,
-                           epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32)
+ModuleDef = Any
 
 
-def _conv(dtype: Any) -> Callable[..., nn.Module]:
-  return functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+def layer_defs(dtype: Any, bn_momentum: float, bn_epsilon: float) -> Tuple[ModuleDef, ModuleDef]:
+  """(conv, norm): the convolution and BatchNorm every layer of a network is built from, made
+  once by the network (`ResNet`, `LocallyAttentiveNetwork`) and passed down, as in the Flax
+  ImageNet example. Blocks give `norm` its mode: `norm(use_running_average=not train)`."""
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                            kernel_init=conv_kernel_init, conv_general_dilated=cpu_conv)
+  norm = functools.partial(nn.BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype,
+                           param_dtype=jnp.float32)
+  return conv, norm
 
 
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
@@ -72,16 +76,14 @@ def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
 
 class Stem(nn.Module):
   """conv1 7x7/2 (pad 3) -> BN -> ReLU -> max-pool 3x3/2 (pad 1): the `pool1` map."""
-  width: int = 64
-  dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
+  width: int
+  conv: ModuleDef
+  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = _conv(self.dtype)(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name='conv1')(x)
-    x = _bn(train, self.dtype, self.bn_momentum, self.bn_epsilon)(name='bn1')(x)
-    x = nn.relu(x)
+    x = self.conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name='conv1')(x)
+    x = nn.relu(self.norm(use_running_average=not train, name='bn1')(x))
     # Padding with -inf (max_pool's default) equals Keras' zero padding after a ReLU.
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -89,16 +91,15 @@ class Stem(nn.Module):
 class Bottleneck(nn.Module):
   """1x1 -> 3x3 -> 1x1 (4x channels) residual block, projection shortcut when shapes change."""
   filters: int
+  conv: ModuleDef
+  norm: ModuleDef
   strides: int = 1
   stride_layout: str = 'v1'
-  dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = _conv(self.dtype)
-    norm = _bn(train, self.dtype, self.bn_momentum, self.bn_epsilon)
+    conv = self.conv
+    norm = functools.partial(self.norm, use_running_average=not train)
     s = (self.strides, self.strides)
     s1, s3 = (s, (1, 1)) if self.stride_layout == 'v1' else ((1, 1), s)
     y = conv(self.filters, (1, 1), s1, padding='VALID', name='conv1')(x)
@@ -118,25 +119,23 @@ class Stage(nn.Module):
   """`num_blocks` bottlenecks (`block0`, `block1`, ...); the first one strides."""
   num_blocks: int
   filters: int
+  conv: ModuleDef
+  norm: ModuleDef
   strides: int = 2
   stride_layout: str = 'v1'
-  dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i in range(self.num_blocks):
-      x = Bottleneck(self.filters, self.strides if i == 0 else 1, self.stride_layout,
-                     self.dtype, self.bn_momentum, self.bn_epsilon, name=f'block{i}')(x, train)
+      x = Bottleneck(self.filters, self.conv, self.norm, self.strides if i == 0 else 1,
+                     self.stride_layout, name=f'block{i}')(x, train)
     return x
 
 
-def _make_stage(index: int, stage_sizes, width, stride_layout, dtype, bn_momentum, bn_epsilon):
+def _make_stage(index: int, stage_sizes, width, stride_layout, conv, norm) -> Stage:
   """Stage `index` (0 for res2 ... 3 for res5) of a ResNet of base width `width`."""
-  return Stage(num_blocks=stage_sizes[index], filters=width * 2**index,
-               strides=1 if index == 0 else 2, stride_layout=stride_layout, dtype=dtype,
-               bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+  return Stage(num_blocks=stage_sizes[index], filters=width * 2**index, conv=conv, norm=norm,
+               strides=1 if index == 0 else 2, stride_layout=stride_layout)
 
 
 class ResNet(nn.Module):
@@ -164,9 +163,9 @@ class ResNet(nn.Module):
 
   def setup(self):
     _check_config(self.stage_sizes, self.stride_layout)
-    self.stem = Stem(self.width, self.dtype, self.bn_momentum, self.bn_epsilon)
-    args = (self.stage_sizes, self.width, self.stride_layout, self.dtype, self.bn_momentum,
-            self.bn_epsilon)
+    conv, norm = layer_defs(self.dtype, self.bn_momentum, self.bn_epsilon)
+    self.stem = Stem(self.width, conv, norm)
+    args = (self.stage_sizes, self.width, self.stride_layout, conv, norm)
     self.res2 = _make_stage(0, *args)
     self.res3 = _make_stage(1, *args)
     self.res4 = _make_stage(2, *args)
@@ -270,8 +269,8 @@ class LocallyAttentiveNetwork(nn.Module):
     _check_config(self.stage_sizes, self.stride_layout)
     if self.mask_layer not in MASK_LAYERS:
       raise ValueError(f'mask_layer must be one of {MASK_LAYERS}, got {self.mask_layer!r}')
-    args = (self.stage_sizes, self.width, self.stride_layout, self.dtype, self.bn_momentum,
-            self.bn_epsilon)
+    conv, norm = layer_defs(self.dtype, self.bn_momentum, self.bn_epsilon)
+    args = (self.stage_sizes, self.width, self.stride_layout, conv, norm)
     first = MASK_LAYERS.index(self.mask_layer)  # pool1 -> res2 (index 0), res2 -> res3, ...
     for index in range(first, len(STAGE_NAMES)):
       setattr(self, STAGE_NAMES[index], _make_stage(index, *args))
@@ -375,7 +374,7 @@ def _dtype_from_name(name: Any) -> Any:
 def create_fmn(config_model, num_classes: int) -> FMN:
   """Builds an `FMN` from `config.model` (width, stage_sizes, stride_layout, mask_layer, alpha,
   dtype 'float32'|'bfloat16'; optional max_log_mask, mn_kernel_stddev, mn_bias_init,
-  mn_normalize_input (False when absent, as in runs saved before it existed), head_stddev)."""
+  mn_normalize_input (False when absent: the raw g), head_stddev)."""
   get = config_model.get
   return FMN(num_classes=num_classes,
              stage_sizes=tuple(get('stage_sizes', (3, 4, 6, 3))),

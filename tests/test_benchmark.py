@@ -83,3 +83,23 @@ def test_cpu_part_counts_resnet50_and_builds_the_same_network_in_torch():
 def test_cpu_part_measures_against_the_matmul_ceiling():
   c = benchmark_cpu.matmul_ceiling(n=256, calls=2)
   assert set(c) == {'jax', 'torch'} and all(v > 0 for v in c.values())
+
+
+def test_cpu_part_runs_every_implementation_in_interleaved_windows(monkeypatch):
+  # A one-block-per-stage ResNet at 32x16, batch 2: the same code path as the ResNet-50 run
+  # (the training step donates its state while the forward keeps reading the weights).
+  monkeypatch.delenv('FMN_JAX_CPU_FAST', raising=False)
+  r = benchmark_cpu.bench_cpu(rounds=2, calls=1, sizes=((32, 16),), batch=2,
+                              stage_sizes=(1, 1, 1, 1), ceiling_n=128)
+  assert 'FMN_JAX_CPU_FAST' not in __import__('os').environ  # the switch is put back
+  rows = r['sizes']['32x16']
+  assert set(rows) == {'forward', 'train'}
+  for task in ('forward', 'train'):
+    for impl in ('jax', 'jax_switch_off', 'torch'):
+      cell = rows[task][impl]
+      assert cell['seconds_range'][0] <= cell['seconds_per_batch'] <= cell['seconds_range'][1]
+      assert cell['images_per_second'] == 2 / cell['seconds_per_batch'] and cell['gflops'] > 0
+    assert rows[task]['jax_over_torch'] == (rows[task]['jax']['images_per_second']
+                                            / rows[task]['torch']['images_per_second'])
+  assert r['stage_sizes'] == [1, 1, 1, 1] and r['batch_size'] == 2
+  benchmark_cpu.print_cpu(r)

@@ -42,7 +42,9 @@ def test_descriptors_independent_of_batching_and_flip_is_eq6(tiny):
   b = features.compute_descriptors(model, variables, images, c, batch_size=16, flip=True)
   for key in ('g', 'l', 'descriptor'):
     assert a[key].shape[0] == 11 and a[key].dtype == np.float32
-    np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # Another batch size changes the matrix products' blocking: float32 rounding of the
+    # largest value (g reaches ~100) is the scale of the absolute tolerance.
+    np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6 * np.abs(b[key]).max())
   # Flip-averaging: g and l are the means over the image and its mirror image; D is Eq. 6.
   plain = features.compute_descriptors(model, variables, images, c, flip=False)
   mirror = features.compute_descriptors(model, variables, images[:, :, ::-1], c, flip=False)

@@ -118,7 +118,8 @@ def test_export_cli_and_loader_without_model_code(tiny_model, tiny_run, tmp_path
                        capture_output=True, text=True)
   assert res.returncode == 0, res.stderr[-3000:]
   with np.load(tmp_path / "out.npz") as out:
-    assert list(out["modules"]) == ["fmn_jax", "fmn_jax.export"]  # no model code, no flax
+    # No model code, no flax: beside the loader only fmn_jax.cpu (the standard library only).
+    assert list(out["modules"]) == ["fmn_jax", "fmn_jax.cpu", "fmn_jax.export"]
     feats = extract.extract(variables, images, config, model=model, progress=False)
     np.testing.assert_allclose(out["descriptor"], feats.descriptors, atol=1e-5)
     np.testing.assert_allclose(out["g"], feats.g, atol=1e-5)

@@ -350,8 +350,8 @@ def test_create_fmn_from_config():
   model = models.create_fmn(config, num_classes=11)
   assert (model.width, model.stride_layout, model.mask_layer, model.alpha, model.dtype,
           model.num_classes) == (8, 'v1.5', 'res2', 0.3, jnp.bfloat16, 11)
-  # A config without mn_normalize_input (a run saved before it existed) gets the raw g it was
-  # trained with; the configs' value is passed through.
+  # A config without mn_normalize_input (a run's config.json that lacks the key) means the raw
+  # g, the form such a run was trained with; a value in the config is passed through.
   assert not model.mn_normalize_input
   config.mn_normalize_input = True
   assert models.create_fmn(config, num_classes=11).mn_normalize_input
