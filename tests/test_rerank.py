@@ -81,9 +81,10 @@ def test_rerank_matches_golden(golden, key):
 
 
 def test_intermediates_and_float64_run(golden, extra):
-  for tag in ('', '_l2'):   # the recomputed inputs are the stored ones
-    for name in ('qq_dist', 'gg_dist'):
-      np.testing.assert_allclose(golden[name + tag], extra[name + tag], rtol=1e-13, atol=1e-13)
+  for tag in ('', '_l2'):   # the recomputed inputs are the stored ones (every 10th g-g row)
+    for name, rows in (('qq_dist', slice(None)), ('gg_dist', slice(None, None, 10))):
+      np.testing.assert_allclose(golden[name + tag][rows], extra[name + tag], rtol=1e-13,
+                                 atol=1e-13)
   for key, make in _VARIANTS.items():
     out = rerank.k_reciprocal_rerank(*make(golden))
     np.testing.assert_allclose(out, extra[key + '_f64'], rtol=0, atol=1e-6)
