@@ -183,9 +183,9 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
   switch = os.environ.get(cpu.ENV)
   ceiling = matmul_ceiling(ceiling_n)
   peak = max(ceiling.values())
-  result = {'what': 'cpu', 'batch_size': batch, 'stage_sizes': list(stage_sizes), 'dtype': 'float32', 'rounds': rounds,
-            'calls_per_window': calls, 'cpu_count': os.cpu_count(),
-            'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads(),
+  result = {'what': 'cpu', 'batch_size': batch, 'stage_sizes': list(stage_sizes),
+            'dtype': 'float32', 'rounds': rounds, 'calls_per_window': calls,
+            'cpu_count': os.cpu_count(), 'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads(),
             'matmul_ceiling_gflops': ceiling, 'loadavg_before': list(os.getloadavg()),
             'sizes': {}}
   rng = np.random.default_rng(seed)

@@ -91,7 +91,7 @@ def test_cpu_part_runs_every_implementation_in_interleaved_windows(monkeypatch):
   monkeypatch.delenv('FMN_JAX_CPU_FAST', raising=False)
   r = benchmark_cpu.bench_cpu(rounds=2, calls=1, sizes=((32, 16),), batch=2,
                               stage_sizes=(1, 1, 1, 1), ceiling_n=128)
-  assert 'FMN_JAX_CPU_FAST' not in __import__('os').environ  # the switch is put back
+  assert 'FMN_JAX_CPU_FAST' not in os.environ  # the switch is put back
   rows = r['sizes']['32x16']
   assert set(rows) == {'forward', 'train'}
   for task in ('forward', 'train'):
