@@ -178,7 +178,11 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
               stage_sizes: Tuple[int, ...] = STAGE_SIZES, ceiling_n: int = 2048) -> dict:
   """The comparison of the module docstring; returns the JSON-ready results. `sizes`, `batch`,
   `stage_sizes` and `ceiling_n` (the matrix size of the ceiling) make a smaller run."""
-  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit('error: --what=cpu compares with PyTorch, which is not installed here '
+                     '(pip install torch --index-url https://download.pytorch.org/whl/cpu)') from e
   torch.set_num_threads(os.cpu_count() or 1)
   switch = os.environ.get(cpu.ENV)
   ceiling = matmul_ceiling(ceiling_n)

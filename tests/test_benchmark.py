@@ -103,3 +103,10 @@ def test_cpu_part_runs_every_implementation_in_interleaved_windows(monkeypatch):
                                             / rows[task]['torch']['images_per_second'])
   assert r['stage_sizes'] == [1, 1, 1, 1] and r['batch_size'] == 2
   benchmark_cpu.print_cpu(r)
+
+
+def test_cpu_part_without_torch_says_so(monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, 'torch', None)   # `import torch` raises ImportError
+  with pytest.raises(SystemExit, match='--what=cpu compares with PyTorch, which is not installed'):
+    benchmark_cpu.bench_cpu()
