@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from fmn_jax import config as config_lib
 from fmn_jax.models_conv import cpu_conv
+from fmn_jax.models_conv import max_pool
 
 STAGE_NAMES = ('res2', 'res3', 'res4', 'res5')
 MASK_LAYERS = config_lib.MASK_LAYERS
@@ -85,7 +86,7 @@ class Stem(nn.Module):
     x = self.conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name='conv1')(x)
     x = nn.relu(self.norm(use_running_average=not train, name='bn1')(x))
     # Padding with -inf (max_pool's default) equals Keras' zero padding after a ReLU.
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
 class Bottleneck(nn.Module):

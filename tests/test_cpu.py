@@ -1,7 +1,9 @@
 """fmn_jax.cpu (the CPU speed switch) and models_conv.cpu_conv: on and off give equal results."""
 
+import functools
 import os
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,3 +111,54 @@ def test_parameter_tree_is_the_same_on_and_off(monkeypatch):
     shapes[flag] = jax.tree.map(lambda a: a.shape, jax.eval_shape(
         lambda: model.init(jax.random.key(0), x)))
   assert shapes['1'] == shapes['0']
+
+
+@pytest.mark.parametrize('strides,padding', [
+    ((1, 1), ((0, 0), (0, 0))), ((2, 2), ((0, 0), (0, 0))), ((2, 2), 'SAME'), ((1, 1), 'VALID'),
+])
+def test_pointwise_convolution_is_a_dot(monkeypatch, strides, padding):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((2, 5, 4, 6), np.float32))   # odd height: stride 2 rounds
+  k = jnp.asarray(rng.standard_normal((1, 1, 6, 3), np.float32))
+  dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ('NHWC', 'HWIO', 'NHWC'))
+
+  def loss(conv, x, k):
+    y = conv(x, k, strides, padding, dimension_numbers=dn)
+    return (y * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape)).sum(), y
+
+  want, want_grads = jax.value_and_grad(
+      functools.partial(loss, jax.lax.conv_general_dilated), (0, 1), has_aux=True)(x, k)
+  monkeypatch.setenv(cpu.ENV, '1')
+  fast = functools.partial(loss, models_conv.cpu_conv)
+  if jax.default_backend() == 'cpu':
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, k: fast(x, k)[0], (0, 1)))(x, k))
+    assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
+  got, got_grads = jax.value_and_grad(fast, (0, 1), has_aux=True)(x, k)
+  assert got[1].shape == want[1].shape
+  for a, b in zip((got[1],) + got_grads, (want[1],) + want_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_max_pool_equals_flax_with_ties(monkeypatch):
+  """Values and gradients bit for bit, ties included: the gradient goes to each window's first
+  maximum in row-major order, as XLA's select-and-scatter does."""
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, 9, 6, 3)).astype(np.float32)
+  x[0, :4, :4, :] = 1.5                                    # a plateau: every window ties
+  x[1] = np.round(x[1])                                    # many ties of small integers
+  x = jnp.asarray(np.maximum(x, 0))                        # after a ReLU, as in the stem
+  dy = jnp.asarray(rng.standard_normal((2, 5, 3, 3)).astype(np.float32))
+  args = ((3, 3), (2, 2), ((1, 1), (1, 1)))
+
+  def grads(pool):
+    y, vjp = jax.vjp(lambda x: pool(x, *args), x)
+    return y, vjp(dy)[0]
+
+  want = grads(lambda x, w, s, p: flax.linen.max_pool(x, w, strides=s, padding=p))
+  monkeypatch.setenv(cpu.ENV, '1')
+  got = jax.jit(lambda: grads(models_conv.max_pool))()
+  if jax.default_backend() == 'cpu':
+    assert 'select_and_scatter' not in str(jax.make_jaxpr(lambda: grads(models_conv.max_pool))())
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
+  assert got[0].shape == (2, 5, 3, 3)
