@@ -191,6 +191,9 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
             'dtype': 'float32', 'rounds': rounds, 'calls_per_window': calls,
             'cpu_count': os.cpu_count(), 'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads(),
             'matmul_ceiling_gflops': ceiling, 'loadavg_before': list(os.getloadavg()),
+            # Process-wide: torch and jax_switch_off run under the same allocator settings.
+            'malloc_settings': dict(cpu.applied_malloc) or {
+                k: os.environ[k] for k in cpu.MALLOC_SETTINGS if k in os.environ},
             'sizes': {}}
   rng = np.random.default_rng(seed)
   try:

@@ -27,6 +27,52 @@ def test_switch_reads_the_environment(monkeypatch):
     cpu.enabled()
 
 
+class _FakeMallopt:
+  def __init__(self, answer=1):
+    self.calls, self.answer = [], answer
+
+  def __call__(self, param, value):
+    self.calls.append((param, value))
+    return self.answer
+
+
+def test_allocator_settings(monkeypatch):
+  for name in cpu.MALLOC_SETTINGS:
+    monkeypatch.delenv(name, raising=False)
+  fake = _FakeMallopt()
+  applied = cpu.configure_malloc(fake)
+  assert applied == {name: value for name, (_, value) in cpu.MALLOC_SETTINGS.items()}
+  assert fake.calls == list(cpu.MALLOC_SETTINGS.values())
+  assert all(-2**31 <= v < 2**31 for _, v in fake.calls)        # mallopt takes a C int
+  monkeypatch.setenv('MALLOC_ARENA_MAX', '4')                   # the user's setting wins
+  fake = _FakeMallopt()
+  assert 'MALLOC_ARENA_MAX' not in cpu.configure_malloc(fake)
+  assert (-8, 1) not in fake.calls
+  with pytest.raises(RuntimeError, match='MALLOC_MMAP_MAX_=0'):
+    cpu.configure_malloc(_FakeMallopt(answer=0))
+
+
+def test_configure_applies_the_allocator_settings_only_when_on_and_on_the_cpu(monkeypatch):
+  calls = []
+  monkeypatch.setattr(cpu, 'configure_malloc', lambda: calls.append(os.environ[cpu.ENV]))
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  for flag in ('1', '0'):
+    monkeypatch.setenv(cpu.ENV, flag)
+    cpu.configure()
+  monkeypatch.setenv(cpu.ENV, '1')
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  cpu.configure()
+  assert calls == ['1']
+
+
+def test_glibc_takes_the_allocator_settings():
+  mallopt = cpu._mallopt()
+  if mallopt is None:
+    pytest.skip('not glibc: the allocator settings do not apply')
+  # Setting glibc's defaults again changes nothing in this process but checks the call works.
+  assert mallopt(-8, 0) == 1     # M_ARENA_MAX 0: glibc's default limit
+
+
 def test_user_xla_flags_are_kept():
   fast = {'xla_a': 'true', 'xla_b': '2'}
   assert cpu.merged_xla_flags('', fast) == '--xla_a=true --xla_b=2'
