@@ -10,6 +10,7 @@ best float32 matrix product of the same machine (JAX and torch, 2048x2048).
 """
 
 import os
+import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
@@ -151,10 +152,23 @@ def _torch_tasks(h: int, w: int, rng, batch: int,
 
 def _window(fn: Callable[[], object], calls: int) -> float:
   """Seconds per call of `fn` (which returns once its work is done), over `calls` calls."""
-  t0 = time.perf_counter()
+  return _window_with_faults(fn, calls)[0]
+
+
+def _minor_faults() -> int:
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+  except ImportError:    # not Unix
+    return 0
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _window_with_faults(fn: Callable[[], object], calls: int) -> Tuple[float, float]:
+  """(seconds, minor page faults of the process) per call of `fn`, over `calls` calls."""
+  f0, t0 = _minor_faults(), time.perf_counter()
   for _ in range(calls):
     fn()
-  return (time.perf_counter() - t0) / calls
+  return (time.perf_counter() - t0) / calls, (_minor_faults() - f0) / calls
 
 
 def matmul_ceiling(n: int = 2048, calls: int = 5) -> Dict[str, float]:
@@ -178,6 +192,13 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
               stage_sizes: Tuple[int, ...] = STAGE_SIZES, ceiling_n: int = 2048) -> dict:
   """The comparison of the module docstring; returns the JSON-ready results. `sizes`, `batch`,
   `stage_sizes` and `ceiling_n` (the matrix size of the ceiling) make a smaller run."""
+  # torch's OpenMP threads spin for a while after each parallel region by default and so take
+  # the cores from the JAX call that follows in this process: the 256x128 JAX training step ran
+  # at 4.1 s a call beside them, at 3.7 s with them passive (torch's own speed unchanged). The
+  # setting binds only if torch is first imported here; the JSON records what applied.
+  omp_wait_policy = os.environ.get('OMP_WAIT_POLICY')
+  if omp_wait_policy is None and 'torch' not in sys.modules:
+    os.environ['OMP_WAIT_POLICY'] = omp_wait_policy = 'PASSIVE'
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -194,6 +215,7 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
             # Process-wide: torch and jax_switch_off run under the same allocator settings.
             'malloc_settings': dict(cpu.applied_malloc) or {
                 k: os.environ[k] for k in cpu.MALLOC_SETTINGS if k in os.environ},
+            'omp_wait_policy': omp_wait_policy or 'libgomp default (torch imported earlier)',
             'sizes': {}}
   rng = np.random.default_rng(seed)
   try:
@@ -201,11 +223,19 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
       impls = {'jax': _jax_tasks(h, w, True, rng, batch, stage_sizes),
                'jax_switch_off': _jax_tasks(h, w, False, rng, batch, stage_sizes),
                'torch': _torch_tasks(h, w, rng, batch, stage_sizes)}
+      # One untimed round first: the heap reaches its steady size once every program has run
+      # beside the others (later windows then see no page faults; `page_faults_per_call`).
+      for tasks in impls.values():
+        for fn in tasks.values():
+          fn()
       windows: Dict[Tuple[str, str], List[float]] = {}
+      faults: Dict[Tuple[str, str], List[float]] = {}
       for _ in range(rounds):
         for impl, tasks in impls.items():
           for task, fn in tasks.items():
-            windows.setdefault((impl, task), []).append(_window(fn, calls))
+            secs, flt = _window_with_faults(fn, calls)
+            windows.setdefault((impl, task), []).append(secs)
+            faults.setdefault((impl, task), []).append(flt)
       flops = {'forward': resnet50_forward_flops(h, w, 0, stage_sizes) * batch,
                'train': 3 * resnet50_forward_flops(h, w, NUM_CLASSES, stage_sizes) * batch}
       size = {}
@@ -214,7 +244,8 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
         size.setdefault(task, {})[impl] = {
             'seconds_per_batch': med, 'seconds_range': [min(secs), max(secs)],
             'images_per_second': batch / med, 'gflops': flops[task] / med / 1e9,
-            'of_matmul_ceiling': flops[task] / med / 1e9 / peak}
+            'of_matmul_ceiling': flops[task] / med / 1e9 / peak,
+            'page_faults_per_call': float(np.median(faults[(impl, task)]))}
       for task, rows in size.items():
         rows['jax_over_torch'] = (rows['jax']['images_per_second']
                                   / rows['torch']['images_per_second'])

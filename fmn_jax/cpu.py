@@ -12,8 +12,9 @@ The switch also selects, with glibc, the allocator settings `MALLOC_SETTINGS` (t
 glibc's mmap threshold, so by default every call maps them afresh and unmaps them after, from
 the worker threads' own arenas: about 178,000 page faults and 0.3 s of kernel time in each 1 s
 training step at 128x64 and batch 32, 18,000 in each forward. With one arena, no mmap and no
-trimming, the freed buffers are reused: no page faults after the first step, kernel time
-0.3 s -> 0.01 s a step. The cost: the process keeps its peak heap (its resident memory does
+trimming, the freed buffers are reused: no page faults after the first steps, kernel time
+0.3 s -> 0.01 s a step (at 256x128 trimming must be off altogether, not merely above 2 GiB:
+the step frees more than that at the heap's top). The cost: the process keeps its peak heap (its resident memory does
 not shrink after a large step); the same settings apply to everything in the process
 (PyTorch included, in the benchmark), and variables set by the user (MALLOC_ARENA_MAX,
 MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_) win.
@@ -46,7 +47,10 @@ FAST_XLA_FLAGS: Dict[str, str] = {}
 MALLOC_SETTINGS: Dict[str, tuple] = {
     'MALLOC_ARENA_MAX': (-8, 1),                  # M_ARENA_MAX: every thread in one arena
     'MALLOC_MMAP_MAX_': (-4, 0),                  # M_MMAP_MAX: large blocks from the heap
-    'MALLOC_TRIM_THRESHOLD_': (-1, 2**31 - 1),    # M_TRIM_THRESHOLD: keep freed heap (an int)
+    # M_TRIM_THRESHOLD: -1 never trims (mallopt(3)). The largest int (2 GiB) is not enough: a
+    # training step at 256x128 frees more than that at the heap's top, which glibc then hands
+    # back, and the next step faults it in again (690,000 faults, 1.4 s of kernel time a step).
+    'MALLOC_TRIM_THRESHOLD_': (-1, -1),
 }
 
 

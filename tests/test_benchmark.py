@@ -99,9 +99,11 @@ def test_cpu_part_runs_every_implementation_in_interleaved_windows(monkeypatch):
       cell = rows[task][impl]
       assert cell['seconds_range'][0] <= cell['seconds_per_batch'] <= cell['seconds_range'][1]
       assert cell['images_per_second'] == 2 / cell['seconds_per_batch'] and cell['gflops'] > 0
+      assert cell['page_faults_per_call'] >= 0
     assert rows[task]['jax_over_torch'] == (rows[task]['jax']['images_per_second']
                                             / rows[task]['torch']['images_per_second'])
   assert r['stage_sizes'] == [1, 1, 1, 1] and r['batch_size'] == 2
+  assert r['omp_wait_policy']   # PASSIVE, the user's value, or why neither
   benchmark_cpu.print_cpu(r)
 
 
