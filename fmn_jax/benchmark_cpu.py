@@ -20,6 +20,11 @@ import numpy as np
 import optax
 
 from fmn_jax import cpu
+
+try:
+  import resource  # pylint: disable=g-import-not-at-top
+except ImportError:  # not Unix: page faults are not counted
+  resource = None
 from fmn_jax import models
 
 STAGE_SIZES = (3, 4, 6, 3)
@@ -156,11 +161,7 @@ def _window(fn: Callable[[], object], calls: int) -> float:
 
 
 def _minor_faults() -> int:
-  try:
-    import resource  # pylint: disable=g-import-not-at-top
-  except ImportError:    # not Unix
-    return 0
-  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  return 0 if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _window_with_faults(fn: Callable[[], object], calls: int) -> Tuple[float, float]:
@@ -188,17 +189,23 @@ def matmul_ceiling(n: int = 2048, calls: int = 5) -> Dict[str, float]:
   return out
 
 
+def passive_torch_threads() -> str:
+  """Makes torch's OpenMP threads wait passively unless OMP_WAIT_POLICY is set; returns the
+  policy that applies. By default they spin for a while after each parallel region and so take
+  the cores from the JAX call that follows in the same process: the 256x128 JAX training step
+  ran at 4.1 s a call beside them, at 3.7 s with them passive (torch's own speed unchanged).
+  Binds only if torch is first imported after this call."""
+  policy = os.environ.get('OMP_WAIT_POLICY')
+  if policy is None and 'torch' not in sys.modules:
+    os.environ['OMP_WAIT_POLICY'] = policy = 'PASSIVE'
+  return policy or 'libgomp default (torch imported earlier)'
+
+
 def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch: int = BATCH,
               stage_sizes: Tuple[int, ...] = STAGE_SIZES, ceiling_n: int = 2048) -> dict:
   """The comparison of the module docstring; returns the JSON-ready results. `sizes`, `batch`,
   `stage_sizes` and `ceiling_n` (the matrix size of the ceiling) make a smaller run."""
-  # torch's OpenMP threads spin for a while after each parallel region by default and so take
-  # the cores from the JAX call that follows in this process: the 256x128 JAX training step ran
-  # at 4.1 s a call beside them, at 3.7 s with them passive (torch's own speed unchanged). The
-  # setting binds only if torch is first imported here; the JSON records what applied.
-  omp_wait_policy = os.environ.get('OMP_WAIT_POLICY')
-  if omp_wait_policy is None and 'torch' not in sys.modules:
-    os.environ['OMP_WAIT_POLICY'] = omp_wait_policy = 'PASSIVE'
+  omp_wait_policy = passive_torch_threads()
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -215,7 +222,7 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
             # Process-wide: torch and jax_switch_off run under the same allocator settings.
             'malloc_settings': dict(cpu.applied_malloc) or {
                 k: os.environ[k] for k in cpu.MALLOC_SETTINGS if k in os.environ},
-            'omp_wait_policy': omp_wait_policy or 'libgomp default (torch imported earlier)',
+            'omp_wait_policy': omp_wait_policy,
             'sizes': {}}
   rng = np.random.default_rng(seed)
   try:

@@ -14,10 +14,10 @@ the worker threads' own arenas: about 178,000 page faults and 0.3 s of kernel ti
 training step at 128x64 and batch 32, 18,000 in each forward. With one arena, no mmap and no
 trimming, the freed buffers are reused: no page faults after the first steps, kernel time
 0.3 s -> 0.01 s a step (at 256x128 trimming must be off altogether, not merely above 2 GiB:
-the step frees more than that at the heap's top). The cost: the process keeps its peak heap (its resident memory does
-not shrink after a large step); the same settings apply to everything in the process
-(PyTorch included, in the benchmark), and variables set by the user (MALLOC_ARENA_MAX,
-MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_) win.
+the step frees more than that at the heap's top). The cost: the process keeps its peak heap
+(its resident memory does not shrink after a large step); the same settings apply to everything
+in the process (PyTorch included, in the benchmark), and variables set by the user
+(MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_) win.
 
 `configure()` is called first thing by every command's main(): it records the switch in
 `os.environ` so that subprocesses see the same setting, adds `FAST_XLA_FLAGS` to XLA_FLAGS

@@ -33,24 +33,27 @@ def main():
   ap.add_argument('--batch', type=int, default=32)
   ap.add_argument('--only', default='', help='comma-separated block names (default: all)')
   args = ap.parse_args()
+  try:
+    h, w = (int(v) for v in args.size.split(','))
+  except ValueError:
+    raise SystemExit(f'error: --size wants height,width (e.g. 256,128), got {args.size!r}') from None
   cpu.configure()
-  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')   # as benchmark_cpu: no spinning threads
   # pylint: disable=g-import-not-at-top
+  from fmn_jax import benchmark_cpu
+  benchmark_cpu.passive_torch_threads()
   import jax
   import jax.numpy as jnp
   import torch
   from fmn_jax import models
-  from fmn_jax.benchmark_cpu import STAGE_SIZES, _torch_resnet50
   torch.set_num_threads(os.cpu_count() or 1)
-  h, w = (int(v) for v in args.size.split(','))
   b = args.batch
   conv, norm = models.layer_defs(jnp.float32, 0.9, 1e-5)
-  torch_layers = list(_torch_resnet50(0))
+  torch_layers = list(benchmark_cpu._torch_resnet50(0))  # pylint: disable=protected-access
   # (name, JAX module, torch module, NHWC input shape, occurrences, input gradient needed)
   blocks = [('stem', models.Stem(64, conv, norm), torch.nn.Sequential(*torch_layers[:4]),
              (b, h, w, 3), 1, False)]
   h, w, cin, index = -(-h // 4), -(-w // 4), 64, 4
-  for stage, num in enumerate(STAGE_SIZES):
+  for stage, num in enumerate(benchmark_cpu.STAGE_SIZES):
     f = 64 * 2**stage
     for i in range(num):
       stride = 2 if (i == 0 and stage > 0) else 1
