@@ -9,6 +9,7 @@ classifier (2 FLOPs per multiply-add; a training step as 3 forwards) and are com
 best float32 matrix product of the same machine (JAX and torch, 2048x2048).
 """
 
+import functools
 import os
 import sys
 import time
@@ -91,17 +92,20 @@ def _torch_resnet50(num_classes: int, stage_sizes: Tuple[int, ...] = STAGE_SIZES
 
 def _jax_tasks(h: int, w: int, fast: bool, rng, batch: int,
                stage_sizes: Tuple[int, ...]) -> Dict[str, Callable[[], object]]:
-  """{'forward', 'train'}: one call each, jitted with the switch `fast` (traced in)."""
+  """{'forward', 'train'}: one call each, jitted with the switch `fast`: traced in, and with
+  `fast` off compiled with XLA's default values of the flags the switch set in XLA_FLAGS."""
   os.environ[cpu.ENV] = '1' if fast else '0'
+  options = {} if fast else {k: cpu.DEFAULT_XLA_FLAGS[k] for k in cpu.applied_xla_flags}
+  jit = functools.partial(jax.jit, compiler_options=options or None)
   x = jnp.asarray(rng.standard_normal((batch, h, w, 3), np.float32))
   y = jnp.asarray(rng.integers(0, NUM_CLASSES, batch), jnp.int32)
   body = models.ResNet(stage_sizes=stage_sizes, num_classes=None)
   net = models.ResNet(stage_sizes=stage_sizes, num_classes=NUM_CLASSES)
-  v = jax.jit(lambda k: net.init(k, x[:1]))(jax.random.key(0))
+  v = jit(lambda k: net.init(k, x[:1]))(jax.random.key(0))
   vb = {'params': {k: p for k, p in v['params'].items() if k != 'fc'},
         'batch_stats': v['batch_stats']}
   tx = optax.sgd(0.01, momentum=0.9)
-  forward = jax.jit(lambda v, x: body.apply(v, x, train=False))
+  forward = jit(lambda v, x: body.apply(v, x, train=False))
 
   def step(s, x, y):
     def loss_fn(p):
@@ -112,7 +116,7 @@ def _jax_tasks(h: int, w: int, fast: bool, rng, batch: int,
     u, opt = tx.update(g, s['opt'], s['params'])
     return {'params': optax.apply_updates(s['params'], u), 'opt': opt, **upd}
 
-  step = jax.jit(step, donate_argnums=(0,))
+  step = jit(step, donate_argnums=(0,))
   # The training state gets its own copies: the step donates them, the forward keeps `vb`.
   own = jax.tree_util.tree_map(jnp.copy, v)
   state = [{'params': own['params'], 'batch_stats': own['batch_stats'],
@@ -239,6 +243,8 @@ def bench_cpu(rounds: int = 3, calls: int = 2, seed: int = 0, sizes=SIZES, batch
             'malloc_settings': dict(cpu.applied_malloc) or {
                 k: os.environ[k] for k in cpu.MALLOC_SETTINGS if k in os.environ},
             'omp_wait_policy': omp_wait_policy,
+            # XLA_FLAGS the switch set (jax_switch_off compiles with XLA's defaults of them).
+            'xla_flags_set': dict(cpu.applied_xla_flags),
             'sizes': {}, 'warmup_rounds': {}}
   rng = np.random.default_rng(seed)
   try:

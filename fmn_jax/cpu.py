@@ -7,6 +7,10 @@ res5 at 128x64 input: 4x2 maps, 0.8 GFLOP/s), so such convolutions run as one ma
 of the gathered 3x3 patches instead. The results equal the convolution's within float32
 rounding; the parameters are the same.
 
+The switch also sets XLA:CPU flags, `FAST_XLA_FLAGS`: convolutions run in XLA's own (Eigen)
+kernels rather than YNNPACK's, which are slower on these shapes (dots and reductions stay with
+YNNPACK). Same HLO, other kernels: results equal within float32 rounding.
+
 The switch also selects, with glibc, the allocator settings `MALLOC_SETTINGS` (through
 `mallopt`): XLA:CPU's temporary buffers of a ResNet-50 step (tens of MB each) are larger than
 glibc's mmap threshold, so by default every call maps them afresh and unmaps them after, from
@@ -20,15 +24,17 @@ in the process (PyTorch included, in the benchmark), and variables set by the us
 (MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_) win.
 
 `configure()` is called first thing by every command's main(): it records the switch in
-`os.environ` so that subprocesses see the same setting, adds `FAST_XLA_FLAGS` to XLA_FLAGS
-(flags the user already set there are kept as set) and applies the allocator settings. It must
-run before the JAX backend starts (the allocator's arena limit binds threads started after it).
+`os.environ` so that subprocesses see the same setting, adds those of `FAST_XLA_FLAGS` that the
+installed jaxlib knows to XLA_FLAGS (flags the user already set there are kept as set) and
+applies the allocator settings. It must run before the JAX backend starts (XLA reads XLA_FLAGS
+once; the allocator's arena limit binds threads started after it).
 This module imports no other fmn_jax module.
 """
 
 import ctypes
 import ctypes.util
 import importlib.metadata
+import mmap
 import os
 from typing import Dict
 
@@ -36,10 +42,28 @@ ENV = 'FMN_JAX_CPU_FAST'
 _OFF = ('0', 'false', 'no', 'off')
 _ON = ('1', 'true', 'yes', 'on', '')
 
-# XLA:CPU flags applied with the switch on; {flag name: value}. Of the installed jaxlib's
-# oneDNN/XNNPACK flags none made ResNet-50 faster on the 2-core AVX-512 machine measured
-# (see results/benchmark_cpu_vs_torch.json), so none is set.
-FAST_XLA_FLAGS: Dict[str, str] = {}
+# XLA:CPU flags applied with the switch on, {flag name: value}, where the installed jaxlib has
+# the flag (`known_xla_flags`; an unknown flag in XLA_FLAGS would stop XLA). jaxlib 0.10 hands
+# dots, convolutions and reductions to YNNPACK (`DEFAULT_XLA_FLAGS`); its convolutions are slower
+# here than XLA's own (Eigen) ones, the dots and reductions are not (without YNNPACK the
+# BatchNorm reductions take 5x longer). Measured interleaved in one process on the 2-core
+# machine (`scripts/cpu_blocks.py`, `benchmark --what=cpu`): a res2 3x3 convolution's kernel
+# gradient 116 -> 36 ms, the stem's convolution forward + kernel gradient 162 -> 69 ms, the
+# ResNet-50 training step at 256x128 3.60 -> 3.34 s and its forward 1.06 -> 0.94 s.
+_YNN = 'xla_cpu_experimental_ynn_fusion_type'
+FAST_XLA_FLAGS: Dict[str, str] = {
+    _YNN: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE',
+}
+# The installed jaxlib's own values of the same flags, for a jit that wants XLA's defaults back
+# in a process where the switch set `FAST_XLA_FLAGS` (`jax.jit(..., compiler_options=...)`; the
+# benchmark's switch-off column).
+DEFAULT_XLA_FLAGS: Dict[str, str] = {
+    _YNN: ('LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,'
+           'LIBRARY_FUSION_TYPE_REDUCE'),
+}
+
+# What `configure` added to XLA_FLAGS in this process ({flag: value}), for benchmark records.
+applied_xla_flags: Dict[str, str] = {}
 
 
 # glibc mallopt parameters (malloc.h) and their values with the switch on, keyed by the
@@ -77,6 +101,31 @@ def merged_xla_flags(xla_flags: str, fast: Dict[str, str]) -> str:
   present = _flag_names(xla_flags)
   extra = [f'--{k}={v}' for k, v in fast.items() if f'--{k}' not in present]
   return ' '.join([xla_flags.strip()] + extra if xla_flags.strip() else extra)
+
+
+def known_xla_flags(names, library_dir=None) -> set:
+  """Those of `names` that the installed jaxlib's shared libraries define (found as strings in
+  them: a few milliseconds). XLA exits on a flag in XLA_FLAGS that it does not know, and these
+  flags come and go between jaxlib versions."""
+  if library_dir is None:
+    import jaxlib  # pylint: disable=g-import-not-at-top
+    library_dir = os.path.dirname(jaxlib.__file__)
+  wanted, found = {n.encode(): n for n in names}, set()
+  for entry in sorted(os.listdir(library_dir)):
+    path = os.path.join(library_dir, entry)
+    if not (entry.endswith('.so') or '.so.' in entry) or not os.path.isfile(path):
+      continue
+    with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+      found.update(n for b, n in wanted.items() if n not in found and m.find(b) >= 0)
+    if len(found) == len(wanted):
+      break
+  return found
+
+
+def fast_xla_flags(library_dir=None) -> Dict[str, str]:
+  """`FAST_XLA_FLAGS` that the installed jaxlib knows."""
+  known = known_xla_flags(FAST_XLA_FLAGS, library_dir)
+  return {k: v for k, v in FAST_XLA_FLAGS.items() if k in known}
 
 
 def _mallopt():
@@ -125,7 +174,10 @@ def configure() -> bool:
   on = enabled()
   os.environ[ENV] = '1' if on else '0'
   if on and FAST_XLA_FLAGS:
-    os.environ['XLA_FLAGS'] = merged_xla_flags(os.environ.get('XLA_FLAGS', ''), FAST_XLA_FLAGS)
+    flags = os.environ.get('XLA_FLAGS', '')
+    extra = {k: v for k, v in fast_xla_flags().items() if f'--{k}' not in _flag_names(flags)}
+    os.environ['XLA_FLAGS'] = merged_xla_flags(flags, extra)
+    applied_xla_flags.update(extra)
   if on and not _accelerator_expected():
     configure_malloc()
   return on

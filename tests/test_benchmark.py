@@ -10,6 +10,7 @@ from fmn_jax import benchmark
 from fmn_jax import benchmark_cpu
 from fmn_jax import benchmark_train
 from fmn_jax import cli
+from fmn_jax import cpu
 from fmn_jax import evaluate
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -89,6 +90,8 @@ def test_cpu_part_runs_every_implementation_in_interleaved_windows(monkeypatch):
   # A one-block-per-stage ResNet at 32x16, batch 2: the same code path as the ResNet-50 run
   # (the training step donates its state while the forward keeps reading the weights).
   monkeypatch.delenv('FMN_JAX_CPU_FAST', raising=False)
+  # As after cpu.configure(): the switch-off column then compiles with XLA's own flag values.
+  monkeypatch.setattr(cpu, 'applied_xla_flags', cpu.fast_xla_flags())
   r = benchmark_cpu.bench_cpu(rounds=2, calls=1, sizes=((32, 16),), batch=2,
                               stage_sizes=(1, 1, 1, 1), ceiling_n=128)
   assert 'FMN_JAX_CPU_FAST' not in os.environ  # the switch is put back
@@ -104,6 +107,7 @@ def test_cpu_part_runs_every_implementation_in_interleaved_windows(monkeypatch):
                                             / rows[task]['torch']['images_per_second'])
   assert r['stage_sizes'] == [1, 1, 1, 1] and r['batch_size'] == 2
   assert r['omp_wait_policy']   # PASSIVE, the user's value, or why neither
+  assert r['xla_flags_set'] == cpu.applied_xla_flags
   benchmark_cpu.print_cpu(r)
 
 

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -109,6 +110,102 @@ def test_user_xla_flags_are_kept():
   fast = {'xla_a': 'true', 'xla_b': '2'}
   assert cpu.merged_xla_flags('', fast) == '--xla_a=true --xla_b=2'
   assert cpu.merged_xla_flags('--xla_a=false --other', fast) == '--xla_a=false --other --xla_b=2'
+
+
+def test_known_xla_flags_are_read_from_the_libraries(tmp_path):
+  (tmp_path / 'libxla_a.so').write_bytes(b'\0junk\0xla_cpu_new_flag\0more')
+  (tmp_path / 'libxla_b.so.1').write_bytes(b'\0xla_cpu_other\0')
+  (tmp_path / 'notes.txt').write_bytes(b'xla_cpu_in_text')        # not a library
+  names = {'xla_cpu_new_flag', 'xla_cpu_other', 'xla_cpu_in_text', 'xla_cpu_gone'}
+  assert cpu.known_xla_flags(names, str(tmp_path)) == {'xla_cpu_new_flag', 'xla_cpu_other'}
+  assert cpu.fast_xla_flags(str(tmp_path)) == {}                    # a jaxlib without them
+
+
+def test_configure_sets_the_xla_flags_the_jaxlib_knows(monkeypatch):
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  monkeypatch.setattr(cpu, 'configure_malloc', lambda: {})
+  monkeypatch.setattr(cpu, 'applied_xla_flags', {})
+  monkeypatch.setenv(cpu.ENV, '1')
+  (name, value), = cpu.FAST_XLA_FLAGS.items()
+  monkeypatch.setattr(cpu, 'known_xla_flags', lambda names, library_dir=None: set())
+  monkeypatch.setenv('XLA_FLAGS', '--xla_mine=1')
+  cpu.configure()                                  # an older jaxlib: nothing XLA would refuse
+  assert os.environ['XLA_FLAGS'] == '--xla_mine=1' and cpu.applied_xla_flags == {}
+  monkeypatch.setattr(cpu, 'known_xla_flags', lambda names, library_dir=None: set(names))
+  cpu.configure()
+  assert os.environ['XLA_FLAGS'] == f'--xla_mine=1 --{name}={value}'
+  assert cpu.applied_xla_flags == {name: value}
+  monkeypatch.setattr(cpu, 'applied_xla_flags', {})
+  monkeypatch.setenv('XLA_FLAGS', f'--{name}=LIBRARY_FUSION_TYPE_REDUCE')
+  cpu.configure()                                  # the user's own value wins
+  assert os.environ['XLA_FLAGS'] == f'--{name}=LIBRARY_FUSION_TYPE_REDUCE'
+  assert cpu.applied_xla_flags == {}
+  monkeypatch.setenv(cpu.ENV, '0')
+  monkeypatch.setenv('XLA_FLAGS', '')
+  cpu.configure()
+  assert os.environ['XLA_FLAGS'] == ''
+
+
+def _fast_xla_flags_or_skip():
+  if jax.default_backend() != 'cpu':
+    pytest.skip('XLA:CPU flags')
+  fast = cpu.fast_xla_flags()
+  if not fast:
+    pytest.skip(f'jaxlib {jax.__version__} has none of {sorted(cpu.FAST_XLA_FLAGS)}')
+  return fast
+
+
+def test_fast_xla_flags_move_convolutions_off_ynnpack():
+  fast = _fast_xla_flags_or_skip()
+  default = {k: cpu.DEFAULT_XLA_FLAGS[k] for k in fast}
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def fn(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    return y, jnp.dot(x.reshape(-1, 64), w)
+
+  # Compiled, not run. YNNPACK takes no convolution as small as 8 channels even by default.
+  args = (jnp.ones((2, 16, 16, 64)), jnp.ones((3, 3, 64, 64)), jnp.ones((64, 64)))
+
+  def library_ops(options):
+    """The operations inside the YNNPACK fusions of `fn` compiled with `options`."""
+    hlo = jax.jit(fn, compiler_options=options).lower(*args).compile().as_text()
+    called = set(re.findall(r'calls=%([\w.-]+)[^\n]*"__ynn_fusion"', hlo))
+    ops = set()
+    for block in hlo.split('\n\n'):
+      name = re.match(r'%([\w.-]+) ', block.strip())
+      if name and name.group(1) in called:
+        ops |= {op for op in ('convolution', 'dot') if f' {op}(' in block}
+    return ops
+
+  assert library_ops(default) == {'convolution', 'dot'}   # the jaxlib's YNNPACK default
+  assert library_ops(fast) == {'dot'}
+
+
+def test_outputs_and_gradients_equal_with_and_without_the_xla_flags():
+  fast = _fast_xla_flags_or_skip()
+  default = {k: cpu.DEFAULT_XLA_FLAGS[k] for k in fast}
+  model = _tiny_fmn()
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((4, 64, 32, 3), np.float32))
+  y = jnp.asarray([0, 1, 2, 3])
+  variables = model.init(jax.random.key(0), x[:1])
+
+  def loss_fn(params):
+    out, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                         train=True, mutable=['batch_stats'])
+    return (optax.softmax_cross_entropy_with_integer_labels(out['logits_g'], y).mean()
+            + optax.softmax_cross_entropy_with_integer_labels(out['logits_l'], y).mean())
+
+  def run(options):
+    grads = jax.jit(jax.value_and_grad(loss_fn), compiler_options=options)(variables['params'])
+    feats = jax.jit(lambda: model.apply(variables, x), compiler_options=options)()
+    return jax.tree.leaves(jax.tree.map(np.asarray, (grads, feats)))
+
+  got, want = run(fast), run(default)
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(b).max()))
 
 
 def test_patch_matmul_shapes():
