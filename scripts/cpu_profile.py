@@ -82,8 +82,10 @@ def main():
   traces = glob.glob(f'{work}/trace/**/*.trace.json.gz', recursive=True)
   if not hlo_files or not traces:
     sys.exit(f'error: no compiled HLO or trace under {work}')
-  kinds = _hlo_kinds(open(hlo_files[0]).read())
-  events = json.load(gzip.open(traces[0]))
+  with open(hlo_files[0]) as f:
+    kinds = _hlo_kinds(f.read())
+  with gzip.open(traces[0]) as f:
+    events = json.load(f)
   events = events['traceEvents'] if isinstance(events, dict) else events
   ms, count = collections.Counter(), collections.Counter()
   for e in events:
